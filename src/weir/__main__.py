@@ -1,0 +1,3 @@
+from weir.cli.main import main
+
+raise SystemExit(main())
