@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from weir.cli import capture
+from weir.cli import capture, demo
 from weir.cli._common import EXIT_USAGE, Parser, UsageError
 
 
@@ -18,6 +18,7 @@ def build_parser() -> Parser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=Parser)
     groups.required = True
     capture.register(groups)
+    demo.register(groups)
     return parser
 
 

@@ -1,0 +1,43 @@
+"""Shared test plumbing.
+
+Privileged tests (marked ``privileged``) need root and a real kernel. They are skipped when
+not root, except under ``CI=true``, where a skip would hide a failure: there they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(os.environ.get("WEIR_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/netns/" in str(item.fspath) or "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.privileged)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("privileged") is None or os.geteuid() == 0:
+        return
+    if in_ci():
+        pytest.fail("privileged test needs root; CI=true forbids skipping it")
+    pytest.skip("needs root (runs in CI as root)")
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN / "cases.json").exists():
+        message = f"Istio golden data not found at {GOLDEN} (set WEIR_GOLDEN_DIR)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return GOLDEN
