@@ -174,7 +174,7 @@ class Executor:
             raise CaptureError(f"{_tool(backend, family, 'save')[0]} failed: {out.stderr.strip()}")
         desired_text = iptables.build(spec).restore(family)
         desired = st.parse_save(self._scratch(backend, family, desired_text)) if desired_text else {}
-        desired_owned = st.owned_rules(desired, {})
+        desired_owned = st.all_rules(desired)
         known = _merge(st.builtin_part(desired_owned), self._record(ns, backend, family))
         current = st.owned_rules(st.parse_save(out.stdout), known)
         return (out.stdout, current), (desired_text, desired_owned)
@@ -336,7 +336,7 @@ class Executor:
         builtin = {}
         for family in (4, 6) if backend.is_iptables else ():
             text = iptables.build(spec).restore(family)
-            owned = st.owned_rules(st.parse_save(self._scratch(backend, family, text)), {}) if text else {}
+            owned = st.all_rules(st.parse_save(self._scratch(backend, family, text))) if text else {}
             builtin[str(family)] = st.builtin_part(owned)
         routing = [[i.what, list(i.check), list(i.add), list(i.delete)] for i in routing_items(spec)]
         tmp = f"{path}.tmp"

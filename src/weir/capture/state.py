@@ -41,6 +41,8 @@ def parse_save(text: str) -> Tables:
         line = raw.strip()
         if not line or line.startswith("#") or line == "COMMIT":
             continue
+        if line.startswith("[") and "] " in line:  # a rule's counters (iptables-save -c)
+            line = line.split("] ", 1)[1]
         if line.startswith("*"):
             current = tables.setdefault(line[1:].strip(), Table())
         elif current is None:
@@ -86,6 +88,17 @@ def owned_rules(tables: Tables, known_builtin: Mapping[str, Mapping[str, Iterabl
                 picked = [r for r in rules if (_target(r) or "").startswith(CHAIN_PREFIX) or r in mine]
                 if picked:
                     owned.setdefault(name, {})[chain] = picked
+    return owned
+
+
+def all_rules(tables: Tables) -> Owned:
+    """Every rule of ``tables`` as weir's: for a scratch namespace that holds only the spec's
+    rules (ISTIO_* chains even when empty, built-in chains when they have rules)."""
+    owned: Owned = {}
+    for name, table in tables.items():
+        for chain, rules in table.chains.items():
+            if is_weir_chain(chain) or rules:
+                owned.setdefault(name, {})[chain] = list(rules)
     return owned
 
 

@@ -77,7 +77,8 @@ def _start(procs: list[subprocess.Popen[str]], host: lab.Host, script: str, *arg
     procs.append(proc)
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
-        raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)} did not start: {proc.stderr.read()}")
+        error = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)} did not start: {error}")
     return proc
 
 
@@ -109,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step = _Step()
     workdir = tempfile.mkdtemp(prefix="weir-demo-")
     try:
-        os.chmod(workdir, 0o755)
+        os.chmod(workdir, 0o755)  # noqa: S103 - the sidecar stand-in runs as uid 1337 and must read it
         script = os.path.join(workdir, "labproc.py")
         shutil.copy(str(resources.files("weir.netns") / "labproc.py"), script)
         os.chmod(script, 0o644)

@@ -14,6 +14,7 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Callable
 
 
 def _original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -47,7 +48,7 @@ def _relay_one(conn: socket.socket, direction: str) -> None:
             back.join(timeout=5)
 
 
-def _serve(port: int, handle: object) -> None:
+def _serve(port: int, handle: Callable[[socket.socket], None]) -> None:
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", port))
