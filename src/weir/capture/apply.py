@@ -7,7 +7,9 @@ anything fails after IPv4 went in, every table weir touched is restored from the
 taken before, so nothing of weir's remains and nobody else's rules change.
 
 Applying equal rules changes nothing. Applying different rules replaces weir's own chains
-(and weir's rules in the built-in chains) and leaves everything else alone. To compare
+(and weir's rules in the built-in chains) and leaves everything else alone. iptables-nft makes
+an nft table (``ip nat`` ...) the first time a rule goes into it and never drops it; the tables
+weir's applies made are kept in the record and deleted again once nothing is left in them. To compare
 with what the kernel reports, the spec's rules are first loaded into a scratch namespace
 and read back, so that both sides are in the kernel's own canonical text.
 
@@ -24,7 +26,7 @@ import fcntl
 import json
 import os
 import subprocess
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -123,11 +125,12 @@ class Executor:
         self._guard(ns)
         with self._locked(ns):
             backend = backend or self.detect_backend(ns)
+            created: dict[int, list[str]] = {}
             if backend is Backend.NFTABLES:
                 changed = self._apply_nft(spec, ns)
             else:
-                changed = self._apply_iptables(spec, ns, backend)
-            self._write_record(ns, backend, spec)
+                changed, created = self._apply_iptables(spec, ns, backend)
+            self._write_record(ns, backend, spec, created)
             return ApplyResult(backend, changed, (4, 6) if spec.ipv6 else (4,))
 
     def check(self, spec: CaptureSpec, ns: NetNS, backend: Backend | None = None) -> CheckResult:
@@ -159,6 +162,7 @@ class Executor:
                     if current:
                         self._restore(backend, family, ns, st.replace_script(current, "", {}), save, list(current))
                         removed = True
+                    self._prune_tables(backend, family, ns, self._created(ns, backend, family))
             items = routing_items(spec) + self._recorded_routing(ns)
             removed = _Routing(self._run, ns).remove(items) or removed
             self._drop_record(ns)
@@ -179,24 +183,31 @@ class Executor:
         current = st.owned_rules(st.parse_save(out.stdout), known)
         return (out.stdout, current), (desired_text, desired_owned)
 
-    def _apply_iptables(self, spec: CaptureSpec, ns: NetNS, backend: Backend) -> bool:
+    def _apply_iptables(self, spec: CaptureSpec, ns: NetNS, backend: Backend) -> tuple[bool, dict[int, list[str]]]:
+        """Apply both families; returns whether anything changed and, per family, the tables
+        that weir's applies created (kept in the record so that remove can delete them)."""
         done: list[tuple[int, str, list[str]]] = []  # (family, snapshot, tables) for rollback
         changed = False
+        created: dict[int, list[str]] = {}
         try:
             for family in (4, 6):
                 (save, current), (text, desired) = self._iptables_states(spec, ns, backend, family)
-                if current == desired:
-                    continue
-                tables = sorted(set(current) | set(desired))
-                self._restore(backend, family, ns, st.replace_script(current, text, desired), save, tables)
-                done.append((family, save, tables))
-                changed = True
+                ours = set(self._created(ns, backend, family))
+                if current != desired:
+                    tables = sorted(set(current) | set(desired))
+                    self._restore(backend, family, ns, st.replace_script(current, text, desired), save, tables)
+                    done.append((family, save, tables))
+                    changed = True
+                    ours |= set(desired) - set(st.parse_save(save))
+                unneeded = ours - set(desired)
+                kept = self._prune_tables(backend, family, ns, unneeded) if unneeded else []
+                created[family] = sorted((ours - unneeded) | set(kept))
             self._ensure_routing(spec, ns)
         except Exception:
             for family, save, tables in reversed(done):
                 self._rollback(backend, family, ns, save, tables)
             raise
-        return changed
+        return changed, created
 
     def _restore(self, backend: Backend, family: int, ns: NetNS, script: str, snapshot: str,
                  tables: list[str]) -> None:
@@ -207,6 +218,13 @@ class Executor:
                                f"{out.stderr.strip() or out.stdout.strip()}")
 
     def _rollback(self, backend: Backend, family: int, ns: NetNS, snapshot: str, tables: list[str]) -> None:
+        # Restore only the tables the failed attempt changed (restore commits table by table),
+        # so that a table it left alone is left exactly as it is.
+        now = self._run(_tool(backend, family, "save"), ns)
+        if now.returncode == 0:
+            tables = [t for t in tables if not st.same_tables(now.stdout, snapshot, [t])]
+            if not tables:
+                return
         text = st.restore_only(snapshot, tables)
         # A table absent from the snapshot did not exist before: flush what we put there.
         missing = [t for t in tables if f"*{t}" not in text]
@@ -214,6 +232,32 @@ class Executor:
         out = self._run(_tool(backend, family, "restore"), ns, input=text)
         if out.returncode != 0:
             raise CaptureError(f"rollback of IPv{family} failed, the namespace needs attention: {out.stderr.strip()}")
+
+    def _prune_tables(self, backend: Backend, family: int, ns: NetNS, tables: Iterable[str]) -> list[str]:
+        """Delete the iptables-nft tables among ``tables`` (ones weir's apply created) that hold
+        nothing but empty built-in chains; returns the tables that remain.
+
+        iptables-nft creates nft tables (``ip nat`` ...) with their base chains on first use and
+        never deletes them. Legacy iptables tables cannot be deleted at all, so for legacy this
+        does nothing. Without the ``nft`` tool the tables stay (they are empty and harmless).
+        """
+        names = sorted(tables)
+        if backend is not Backend.IPTABLES_NFT:
+            return names
+        kept = []
+        nft_family = "ip" if family == 4 else "ip6"
+        for table in names:
+            try:
+                listed = self._run(["nft", "list", "table", nft_family, table], ns)
+                if listed.returncode != 0 or not st.nft_table_is_bare(listed.stdout):
+                    kept.append(table)
+                    continue
+                out = self._run(["nft", "delete", "table", nft_family, table], ns)
+            except FileNotFoundError:
+                return names
+            if out.returncode != 0:
+                raise CaptureError(f"nft delete table {nft_family} {table} failed: {out.stderr.strip()}")
+        return kept
 
     # ---- nftables -----------------------------------------------------------------------------
 
@@ -232,7 +276,7 @@ class Executor:
         return tables
 
     def _nft_desired(self, spec: CaptureSpec) -> dict[str, dict[str, list[str]]]:
-        script = nftables.render(spec, for_kernel=True)
+        script = nftables.render(spec)
         if not script:
             return {}
         listed = self._scratch(Backend.NFTABLES, 0, script)
@@ -252,7 +296,7 @@ class Executor:
         lines: list[str] = []
         for table in current:
             lines += [f"add table inet {table}", f"delete table inet {table}"]
-        lines.append(nftables.render(spec, for_kernel=True))
+        lines.append(nftables.render(spec))
         out = self._run(["nft", "-f", "-"], ns, input="\n".join(lines))
         if out.returncode != 0:
             raise CaptureError(f"nft refused the rules (nothing was changed): {out.stderr.strip()}")
@@ -318,6 +362,13 @@ class Executor:
             return {}
         return dict(data.get("builtin", {}).get(str(family), {}))
 
+    def _created(self, ns: NetNS, backend: Backend, family: int) -> list[str]:
+        """Tables that weir's applies created in ``ns`` (from the record)."""
+        data = self._load_record(ns)
+        if data.get("backend") != backend.value:
+            return []
+        return [str(t) for t in data.get("created", {}).get(str(family), [])]
+
     def _recorded_routing(self, ns: NetNS) -> list[RouteItem]:
         items = self._load_record(ns).get("routing", [])
         return [RouteItem(i[0], tuple(i[1]), tuple(i[2]), tuple(i[3])) for i in items if len(i) == 4]
@@ -329,7 +380,8 @@ class Executor:
         routing.ensure(wanted)
         routing.remove([item for item in self._recorded_routing(ns) if item not in wanted])
 
-    def _write_record(self, ns: NetNS, backend: Backend, spec: CaptureSpec) -> None:
+    def _write_record(self, ns: NetNS, backend: Backend, spec: CaptureSpec,
+                      created: Mapping[int, list[str]]) -> None:
         path = self._record_path(ns)
         if path is None:
             return
@@ -341,7 +393,8 @@ class Executor:
         routing = [[i.what, list(i.check), list(i.add), list(i.delete)] for i in routing_items(spec)]
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"backend": backend.value, "builtin": builtin, "routing": routing}, f)
+            json.dump({"backend": backend.value, "builtin": builtin, "routing": routing,
+                       "created": {str(f): list(t) for f, t in created.items()}}, f)
         os.replace(tmp, path)
 
     def _drop_record(self, ns: NetNS) -> None:

@@ -5,7 +5,7 @@ The script is Istio's (tools/istio-nftables): three ``inet`` tables, ``istio-pro
 ``nft -f`` applies IPv4 and IPv6 together in a single transaction. Only chains that get rules
 are declared, base chains first, in a fixed order per table. Every rule counts its packets
 (``counter`` before the final statement). An insert into a still-empty chain is an add,
-because nftables cannot insert at index 0 of an empty chain.
+because nftables can only insert before a rule that exists.
 """
 
 from __future__ import annotations
@@ -248,12 +248,11 @@ def _tproxy_marks(b: _Builder, spec: CaptureSpec, lo4: str) -> None:
     b.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp mark != {OUTBOUND_MARK}", "return", index=2)
 
 
-def table_script(table: str, rules: tuple[NftRule, ...], *, for_kernel: bool = False) -> list[str]:
+def table_script(table: str, rules: tuple[NftRule, ...]) -> list[str]:
     """The lines that (re)build one table; empty when the table has no rules.
 
-    ``for_kernel`` turns an insert at or past the end of a chain into an add: Istio's text
-    can insert at an index equal to the chain's length, which nft refuses, and appending
-    is what that insert means.
+    An insert at or past the end of a chain is written as an add, as Istio does: nft can
+    only insert before an existing rule, and appending is what such an insert means.
     """
     if not rules:
         return []
@@ -265,21 +264,16 @@ def table_script(table: str, rules: tuple[NftRule, ...], *, for_kernel: bool = F
     count: dict[str, int] = {}
     for rule in rules:
         have = count.get(rule.chain, 0)
-        index = rule.index if have > 0 and not (for_kernel and rule.index is not None and rule.index >= have) else None
-        if index is None:
+        if rule.index is None or rule.index >= have:
             lines.append(f"add rule inet {table} {rule.chain} {rule.body()}")
         else:
-            lines.append(f"insert rule inet {table} {rule.chain} index {index} {rule.body()}")
-        count[rule.chain] = count.get(rule.chain, 0) + 1
+            lines.append(f"insert rule inet {table} {rule.chain} index {rule.index} {rule.body()}")
+        count[rule.chain] = have + 1
     return lines
 
 
-def render(spec: CaptureSpec, *, for_kernel: bool = False) -> str:
-    """The whole ``nft -f`` script for ``spec`` (both address families, one transaction).
-
-    The text is Istio's; ``for_kernel`` gives the equivalent script the kernel accepts in
-    every case (see :func:`table_script`).
-    """
+def render(spec: CaptureSpec) -> str:
+    """The whole ``nft -f`` script for ``spec`` (both address families, one transaction)."""
     tables = build(spec)
-    lines = [line for table in TABLES for line in table_script(table, tables[table], for_kernel=for_kernel)]
+    lines = [line for table in TABLES for line in table_script(table, tables[table])]
     return "".join(line + "\n" for line in lines)

@@ -12,6 +12,7 @@ Values are parsed once, here, into typed fields: ports are ``int``, CIDRs are
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
@@ -43,7 +44,8 @@ class InvalidSpecError(ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"{field}: invalid value {_show(value)}: {reason}")
+        name = str(field) if str(field).isprintable() else repr(field)  # one line, whatever the key
+        super().__init__(f"{name}: invalid value {_show(value)}: {reason}")
 
 
 def _show(value: object) -> str:
@@ -176,8 +178,17 @@ class CaptureSpec:
 
 # ---- value parsers shared by every front end -------------------------------------------------
 
-_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+# Interface names are written unquoted into iptables arguments and nft scripts, so only the
+# characters that are safe in both are accepted (kernel names may hold more).
+_IFNAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}$")
+_PREFIX = re.compile(r"^(0|[1-9][0-9]{0,2})$")
 _GROUP = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,31}\$?$")
+MAX_OWNER_GROUPS_INCLUDE = 64  # Istio's limit: all included groups go into one rule
+
+
+def _is_number(text: str) -> bool:
+    """ASCII decimal digits only (``str.isdigit`` also accepts '²' and other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def split_list(value: str) -> list[str]:
@@ -187,7 +198,7 @@ def split_list(value: str) -> list[str]:
 
 def parse_port(name: str, raw: object) -> int:
     text = str(raw).strip() if not isinstance(raw, bool) else ""
-    if not text.isdigit():
+    if not _is_number(text):
         raise InvalidSpecError(name, raw, "a port must be a whole number from 1 to 65535")
     port = int(text)
     if not 1 <= port <= 65535:
@@ -211,23 +222,26 @@ def parse_port_list(name: str, raw: str, *, allow_wildcard: bool = False) -> Por
 
 def parse_id(name: str, raw: object) -> int:
     text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit() or int(text) > 0xFFFFFFFE:
+    if isinstance(raw, bool) or not _is_number(text) or int(text) > 0xFFFFFFFE:
         raise InvalidSpecError(name, raw, "a uid or gid must be a whole number from 0 to 4294967294")
     return int(text)
 
 
 def parse_id_list(name: str, raw: object) -> tuple[int, ...]:
     items = split_list(str(raw)) if not isinstance(raw, list) else [str(x) for x in raw]
+    if not items:
+        raise InvalidSpecError(name, raw, "at least one uid or gid is required")
     return tuple(parse_id(name, item) for item in items)
 
 
 def parse_cidr(name: str, raw: str) -> IPNetwork:
-    try:
-        return ipaddress.ip_interface(raw.strip())
-    except ValueError:
-        raise InvalidSpecError(
-            name, raw, "not a CIDR (expected e.g. 10.0.0.0/8 or fd00::/64)"
-        ) from None
+    text = raw.strip()
+    _, slash, prefix = text.partition("/")
+    # Go's netip.ParsePrefix (Istio) refuses zones, netmasks and zero-padded prefix lengths.
+    if "%" not in text and (not slash or _PREFIX.match(prefix)):
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_interface(text)
+    raise InvalidSpecError(name, raw, "not a CIDR (expected e.g. 10.0.0.0/8 or fd00::/64)")
 
 
 def parse_cidr_list(name: str, raw: str, *, allow_wildcard: bool) -> RangeSelection:
@@ -251,8 +265,10 @@ def parse_cidr_list(name: str, raw: str, *, allow_wildcard: bool) -> RangeSelect
 def parse_interfaces(name: str, raw: str) -> tuple[str, ...]:
     names = split_list(raw)
     for item in names:
-        if not _IFNAME.match(item):
-            raise InvalidSpecError(name, item, "not a valid interface name (1-15 characters, no '/', ':' or space)")
+        if not _IFNAME.match(item) or item in (".", ".."):
+            raise InvalidSpecError(
+                name, item, "not a valid interface name (1-15 of A-Z a-z 0-9 _ . -, not starting with '-')"
+            )
     return tuple(names)
 
 
@@ -267,7 +283,10 @@ def parse_groups(name: str, raw: str) -> tuple[str, ...]:
 def parse_group_selection(name: str, raw: str) -> GroupSelection:
     if raw.strip() == "*":
         return GroupSelection(wildcard=True)
-    return GroupSelection(wildcard=False, groups=parse_groups(name, raw))
+    groups = parse_groups(name, raw)
+    if len(groups) > MAX_OWNER_GROUPS_INCLUDE:
+        raise InvalidSpecError(name, raw, f"at most {MAX_OWNER_GROUPS_INCLUDE} groups can be included")
+    return GroupSelection(wildcard=False, groups=groups)
 
 
 def parse_dns_servers(name: str, raw: Iterable[str], version: int) -> tuple[str, ...]:
@@ -299,14 +318,15 @@ def parse_loopback_cidr(name: str, raw: str) -> ipaddress.IPv4Interface:
         cidr = ipaddress.IPv4Interface(raw.strip())
     except ValueError:
         raise InvalidSpecError(name, raw, "not an IPv4 CIDR") from None
-    if "/" not in raw or not cidr.ip.is_loopback or not 8 <= cidr.network.prefixlen <= 32:
+    prefix = raw.strip().partition("/")[2]
+    if not _PREFIX.match(prefix) or not cidr.ip.is_loopback or not 8 <= cidr.network.prefixlen <= 32:
         raise InvalidSpecError(name, raw, "must be a CIDR inside 127.0.0.0/8 with a prefix length from 8 to 32")
     return cidr
 
 
 def parse_number(name: str, raw: object, *, maximum: int) -> int:
     text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit() or int(text) > maximum:
+    if isinstance(raw, bool) or not _is_number(text) or int(text) > maximum:
         raise InvalidSpecError(name, raw, f"must be a whole number from 0 to {maximum}")
     return int(text)
 
