@@ -8,6 +8,7 @@ by a thread of the test process; clients are short Python snippets run inside a 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import queue
 import re
@@ -36,6 +37,8 @@ IP_TRANSPARENT = 19  # <linux/in.h>
 IPV6_TRANSPARENT = 75  # <linux/in6.h>
 
 WAIT = 5.0  # seconds any single network event may take
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def backend_id(backend: Backend) -> str:
@@ -68,16 +71,33 @@ class Accepted:
     payload: bytes = b""
 
 
+def _socket(host: Host, family: int, kind: int, owner: int | None) -> socket.socket:
+    """A socket in ``host``'s namespace; with ``owner``, owned by that uid and gid as netfilter's
+    owner match sees it (the file credentials of the creating thread: its fsuid and fsgid)."""
+
+    def make() -> socket.socket:
+        if owner is not None:  # per-thread, and this thread is discarded afterwards
+            _libc.setfsgid(owner)
+            _libc.setfsuid(owner)
+        return socket.socket(family, kind)
+
+    return netns.run_in(host.ns, make)
+
+
 class Server:
-    """A TCP or UDP server inside ``host`` that answers ``marker`` and records every peer."""
+    """A TCP or UDP server inside ``host`` that answers ``marker`` and records every peer.
+
+    ``owner`` makes the socket belong to that uid, as the proxy's sockets belong to 1337;
+    ``loopback`` binds to 127.0.0.1 or ::1 instead of every address.
+    """
 
     def __init__(self, host: Host, port: int, marker: str, *, family: int = 4, udp: bool = False,
-                 transparent: bool = False) -> None:
+                 transparent: bool = False, owner: int | None = None, loopback: bool = False) -> None:
         self.marker = marker
         self.port = port
         self.udp = udp
         fam = socket.AF_INET if family == 4 else socket.AF_INET6
-        self.sock = netns.socket_in(host.ns, fam, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        self.sock = _socket(host, fam, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM, owner)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == 6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -86,7 +106,10 @@ class Server:
                 self.sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
             else:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-        self.sock.bind(("0.0.0.0" if family == 4 else "::", port))
+        if loopback:
+            self.sock.bind(("127.0.0.1" if family == 4 else "::1", port))
+        else:
+            self.sock.bind(("0.0.0.0" if family == 4 else "::", port))
         if not udp:
             self.sock.listen(16)
         self.sock.settimeout(0.1)
@@ -100,8 +123,8 @@ class Server:
             try:
                 if self.udp:
                     data, peer = self.sock.recvfrom(2048)
-                    self.sock.sendto(self.marker.encode(), peer)
                     self.seen.put(Accepted(peer[:2], self.sock.getsockname()[:2], None, data))
+                    self.sock.sendto(self.marker.encode(), peer)  # recorded before the peer hears back
                     continue
                 conn, peer = self.sock.accept()
             except TimeoutError:
@@ -116,7 +139,7 @@ class Server:
                 except OSError:
                     original = None
                 self.seen.put(Accepted(peer[:2], conn.getsockname()[:2], original))
-                conn.sendall(self.marker.encode())
+                conn.sendall(self.marker.encode())  # recorded before the peer hears back
 
     def expect(self, timeout: float = WAIT) -> Accepted:
         try:

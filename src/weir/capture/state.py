@@ -12,6 +12,7 @@ when weir last applied rules to that namespace. Nothing else is touched.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -192,6 +193,15 @@ def restore_only(text: str, tables: Iterable[str]) -> str:
     return "".join(line + "\n" for line in out)
 
 
+_COUNTERS = re.compile(r"\[\d+:\d+\]")
+
+
+def same_tables(a: str, b: str, tables: Iterable[str]) -> bool:
+    """Whether two ``iptables-save`` outputs hold the same ``tables`` (counters ignored)."""
+    wanted = list(tables)
+    return _COUNTERS.sub("", restore_only(a, wanted)) == _COUNTERS.sub("", restore_only(b, wanted))
+
+
 # ---- nftables ---------------------------------------------------------------------------------
 
 
@@ -226,3 +236,21 @@ def compare_nft(table: str, expected: Mapping[str, list[str]] | None,
         if e != a:
             drifts.append(Drift(f"nftables inet {table} chain {chain}", tuple(e or ()), tuple(a or ())))
     return drifts
+
+
+_BARE_BASE_CHAIN = re.compile(r"type \w+ hook \w+ priority [^;]+; policy accept;")
+
+
+def nft_table_is_bare(listing: str) -> bool:
+    """Whether ``nft list table`` output shows nothing but built-in base chains that accept
+    and hold no rules: what iptables-nft leaves behind once every rule in a table is gone."""
+    lines = [line.strip() for line in listing.splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("table ") or not lines[0].endswith("{"):
+        return False
+    for line in lines[1:]:
+        if line == "}" or _BARE_BASE_CHAIN.fullmatch(line):
+            continue
+        if line.startswith("chain ") and line.endswith("{") and line[len("chain "):-1].strip() in BUILTIN_CHAINS:
+            continue
+        return False
+    return True
