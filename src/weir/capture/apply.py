@@ -397,6 +397,15 @@ class Executor:
                        "created": {str(f): list(t) for f, t in created.items()}}, f)
         os.replace(tmp, path)
 
+    def forget(self, identity: tuple[int, int]) -> None:
+        """Drop the record and lock of a namespace that no longer exists (``NetNS.identity()``
+        taken while it did): its inode number may be given to a new namespace later."""
+        if self._state_dir is None:
+            return
+        for suffix in ("json", "lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._state_dir, f"{identity[0]}-{identity[1]}.{suffix}"))
+
     def _drop_record(self, ns: NetNS) -> None:
         path = self._record_path(ns)
         if path is not None:

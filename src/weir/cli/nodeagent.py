@@ -24,6 +24,8 @@ def register(groups: Any) -> None:
     run.add_argument("--run-dir", help="run directory shared with the plugin (env CNI_AGENT_RUN_DIR; "
                      "default /var/run/weir-cni)")
     run.add_argument("--pods-dir", help="directory of Pod manifests the agent looks pods up in (env WEIR_PODS_DIR)")
+    run.add_argument("--runtime-db", help="the embedded runtime's pod database (env WEIR_RUNTIME_DB); "
+                     "pods are looked up there instead of --pods-dir")
     run.add_argument("--exclude-namespaces", help="comma-separated namespaces never captured (env EXCLUDE_NAMESPACES)")
     run.add_argument("--pod-namespace", help="the agent's own namespace (env POD_NAMESPACE)")
     run.add_argument("--native-nftables", help="true to program native nftables (env NATIVE_NFTABLES)")

@@ -30,6 +30,7 @@ from weir.cni.spec import CniError, Code, k8s_pod_args
 
 DEFAULT_RUN_DIR = "/var/run/weir-cni"
 LOG_FILE = "weir-cni.log"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _LEVELS = {"debug": 10, "info": 20, "warn": 30, "warning": 30, "error": 40}
 
 
@@ -84,13 +85,18 @@ class Plugin:
         timeout = conf.get("agent_timeout", 5)
         if not isinstance(run_dir, str) or not run_dir.startswith("/"):
             raise CniError(Code.INVALID_NETWORK_CONFIG, f"cni_agent_run_dir must be an absolute path, not {run_dir!r}")
+        self.run_dir = run_dir  # from here on, even a config error is logged where the agent looks
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 60:
             raise CniError(Code.INVALID_NETWORK_CONFIG, f"agent_timeout must be 0-60 seconds, not {timeout!r}")
         level = conf.get("plugin_log_level", "info")
         if not isinstance(level, str) or level.lower() not in _LEVELS:
             raise CniError(Code.INVALID_NETWORK_CONFIG, f"plugin_log_level must be one of {', '.join(_LEVELS)}")
+        for key in ("exclude_namespaces", "fail_open_namespaces"):  # checked up front, not when first needed
+            _strings(conf, key)
+        if not isinstance(conf.get("pod_namespace") or "", str):
+            raise CniError(Code.INVALID_NETWORK_CONFIG, f"pod_namespace must be a namespace name, "
+                           f"not {conf['pod_namespace']!r}")
         self.log.threshold = _LEVELS[level.lower()]
-        self.run_dir = run_dir
         self.client = AgentClient(os.path.join(run_dir, SOCKET_NAME), float(timeout))
         return conf
 
@@ -164,18 +170,34 @@ class Plugin:
         self._remove_locally(att)
 
     def _remove_locally(self, att: Attachment) -> None:
+        """Remove the rules (when the namespace exists), then weir's records of the attachment."""
         state = os.path.join(self.run_dir, "state")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(state, "attachments", f"{att.key}.json"))
+        record_path = os.path.join(state, "attachments", f"{att.key}.json")
         if not att.netns or not os.path.exists(att.netns):
+            try:
+                with open(record_path) as f:
+                    dev, ino = json.load(f).get("netns_id", [None, None])
+                for suffix in ("json", "lock"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(state, "capture", f"{int(dev)}-{int(ino)}.{suffix}"))
+            except (OSError, ValueError, TypeError):
+                pass
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(record_path)
             return
         try:
             from weir.capture.apply import Executor
             from weir.netns import NetNS
 
+            # Runtimes may start plugins without PATH; the iptables tools live in sbin.
+            if not os.environ.get("PATH"):
+                os.environ["PATH"] = DEFAULT_PATH
             Executor(state_dir=os.path.join(state, "capture")).remove(NetNS(att.netns))
         except Exception as exc:  # DEL must succeed; the rules die with the namespace
             self.log.log("warn", "DEL: could not remove capture rules", error=str(exc))
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(record_path)
 
     def status(self, call: Call) -> None:
         self._configure(call)

@@ -159,3 +159,12 @@ def addresses(ns: NetNS) -> list[str]:
             if info.get("local"):
                 found.append((info.get("scope") != "global", f"{info['local']}/{info.get('prefixlen', '')}"))
     return [addr for _, addr in sorted(found, key=lambda x: x[0])]
+
+
+def enter_this_process(ns: NetNS) -> None:
+    """Move the calling thread into ``ns`` for good. Only for a process that exists to work in
+    one namespace (the runtime's per-pod shim) and calls it on its main thread before starting
+    any other thread; everywhere else use ``run_in``."""
+    if threading.current_thread() is not threading.main_thread() or threading.active_count() > 1:
+        raise NetnsError(0, "enter_this_process must be called from the only thread of a dedicated process")
+    _setns(ns.path)()

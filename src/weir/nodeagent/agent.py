@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from weir.capture.apply import Backend
 from weir.nodeagent.server import PluginEventServer
 from weir.nodeagent.service import CaptureService, Settings
-from weir.platform import DirectoryPods
+from weir.platform import DirectoryPods, PodSource
+from weir.platform.local import StorePods
 
 log = logging.getLogger("weir.nodeagent")
 
@@ -34,6 +35,7 @@ class ConfigError(ValueError):
 class AgentConfig:
     run_dir: str = DEFAULT_RUN_DIR
     pods_dir: str = ""
+    runtime_db: str = ""
     exclude_namespaces: frozenset[str] = frozenset()
     pod_namespace: str = ""
     native_nftables: bool = False
@@ -68,9 +70,10 @@ def config_from(flags: Mapping[str, str | None], env: Mapping[str, str]) -> Agen
     name, pods_dir = pick("pods_dir", "WEIR_PODS_DIR")
     if pods_dir and not os.path.isdir(pods_dir):
         raise ConfigError(f"{name}: {pods_dir!r} is not a directory")
+    _, runtime_db = pick("runtime_db", "WEIR_RUNTIME_DB")
     _, excluded = pick("exclude_namespaces", "EXCLUDE_NAMESPACES")
     name, nft = pick("native_nftables", "NATIVE_NFTABLES", "false")
-    return AgentConfig(run_dir=run_dir, pods_dir=pods_dir,
+    return AgentConfig(run_dir=run_dir, pods_dir=pods_dir, runtime_db=runtime_db,
                        exclude_namespaces=frozenset(n.strip() for n in excluded.split(",") if n.strip()),
                        pod_namespace=pick("pod_namespace", "POD_NAMESPACE")[1], native_nftables=_bool(name, nft))
 
@@ -81,8 +84,9 @@ async def serve(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    pods: PodSource = StorePods(config.runtime_db) if config.runtime_db else DirectoryPods(config.pods_dir)
     service = CaptureService(
-        DirectoryPods(config.pods_dir), config.state_dir,
+        pods, config.state_dir,
         Settings(exclude_namespaces=config.exclude_namespaces, agent_namespace=config.pod_namespace,
                  backend=Backend.NFTABLES if config.native_nftables else None),
     )

@@ -87,7 +87,7 @@ class CaptureService:
         return {"captured": captured, "reason": "rules match" if captured else "no rules, as expected"}
 
     def delete(self, att: Attachment) -> dict[str, Any]:
-        removed = self._remove_rules(att.netns, self._who(att))
+        removed = self._remove_rules(att.netns, self._who(att), self._records().get(att.key, {}))
         self._forget(att.key)
         return {"removed": removed}
 
@@ -98,7 +98,7 @@ class CaptureService:
             if key in keep:
                 continue
             netns = str(record.get("attachment", {}).get("netns", ""))
-            self._remove_rules(netns, key)
+            self._remove_rules(netns, key, record)
             self._forget(key)
             removed.append(key)
         return {"removed": removed}
@@ -125,9 +125,12 @@ class CaptureService:
         except InvalidSpecError as exc:
             raise AgentError(CODE_INVALID_CONFIG, f"{self._who(att)}: {exc}") from None
 
-    def _remove_rules(self, netns: str, who: str) -> bool:
+    def _remove_rules(self, netns: str, who: str, record: dict[str, Any]) -> bool:
         ns = NetNS(netns)
         if not netns or not ns.exists():
+            identity = record.get("netns_id")
+            if isinstance(identity, list) and len(identity) == 2:
+                self.executor.forget((int(identity[0]), int(identity[1])))
             return False
         try:
             return self.executor.remove(ns, None, self.settings.backend)
@@ -139,7 +142,10 @@ class CaptureService:
         path = os.path.join(self._attachments, f"{att.key}.json")
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"attachment": att.to_json(), "captured": captured}, f)
+            data: dict[str, Any] = {"attachment": att.to_json(), "captured": captured}
+            with contextlib.suppress(OSError):
+                data["netns_id"] = list(NetNS(att.netns).identity())
+            json.dump(data, f)
         os.replace(tmp, path)
 
     def _forget(self, key: str) -> None:
