@@ -25,8 +25,8 @@ def test_create_get_update_delete_survive_reopening(tmp_path: Path) -> None:
     assert again.netns == "/var/run/netns/x"
     assert again.shim_pid == 42
     assert again.as_object()["status"]["podIP"] == "10.213.0.9"
-    assert [r.name for r in store.list("shop")] == ["web"]
-    assert store.list("other") == []
+    assert [r.name for r in store.pods("shop")] == ["web"]
+    assert store.pods("other") == []
     store.event("u1", "Normal", "Started", "Started container app")
     assert store.events("u1")[0]["reason"] == "Started"
     with pytest.raises(ValueError, match="cannot update manifest"):

@@ -66,7 +66,7 @@ class PodRecord:
 
     def as_object(self) -> dict[str, Any]:
         """The pod as Kubernetes shows it: the manifest with its status."""
-        obj = json.loads(json.dumps(self.manifest))
+        obj: dict[str, Any] = json.loads(json.dumps(self.manifest))
         obj.setdefault("apiVersion", "v1")
         obj.setdefault("kind", "Pod")
         obj["status"] = self.status
@@ -98,7 +98,7 @@ class PodStore:
         return PodRecord(uid, namespace, name, json.loads(manifest), json.loads(status), netns, sandbox_id,
                          int(shim_pid), float(created), bool(deleting))
 
-    _COLUMNS = "uid, namespace, name, manifest, status, netns, sandbox_id, shim_pid, created, deleting"
+    _COLUMNS = "uid, namespace, name, manifest, status, netns, sandbox_id, shim_pid, created, deleting"  # a constant
 
     def create(self, uid: str, manifest: Mapping[str, Any], status: Mapping[str, Any]) -> PodRecord:
         meta = manifest.get("metadata") or {}
@@ -124,7 +124,7 @@ class PodStore:
             row = db.execute(f"SELECT {self._COLUMNS} FROM pods WHERE uid = ?", (uid,)).fetchone()
         return self._record(row) if row else None
 
-    def list(self, namespace: str | None = None) -> list[PodRecord]:
+    def pods(self, namespace: str | None = None) -> list[PodRecord]:
         with self._db() as db:
             if namespace is None:
                 rows = db.execute(f"SELECT {self._COLUMNS} FROM pods ORDER BY namespace, name").fetchall()
@@ -142,7 +142,7 @@ class PodStore:
         values = {k: json.dumps(v) if k == "status" else v for k, v in fields.items()}
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._db() as db:
-            db.execute(f"UPDATE pods SET {assignments} WHERE uid = ?", (*values.values(), uid))  # noqa: S608
+            db.execute(f"UPDATE pods SET {assignments} WHERE uid = ?", (*values.values(), uid))
 
     def delete(self, uid: str) -> None:
         with self._db() as db:
