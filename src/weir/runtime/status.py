@@ -116,8 +116,7 @@ def with_phase(status: Status, phase: str) -> Status:
     out = copy.deepcopy(status)
     out["phase"] = phase
     ready = phase == "Running" and all(c.get("ready") for c in out.get("containerStatuses", []))
-    initialized = all("terminated" in c.get("state", {}) and c["state"]["terminated"].get("exitCode") == 0
-                      or c.get("started") for c in out.get("initContainerStatuses", []))
+    initialized = all(completed(c) or c.get("started") for c in out.get("initContainerStatuses", []))
     conditions = {c["type"]: c for c in out.get("conditions", [])}
     for kind, value in (("Initialized", initialized), ("ContainersReady", ready), ("Ready", ready)):
         old = conditions.get(kind)
