@@ -1,0 +1,239 @@
+"""The per-pod shim: one detached process that runs a pod's containers and keeps its status.
+
+Like containerd's shim it outlives the command that started it, so restarting the runtime
+(the CLI) touches no running container. It enters the pod's network namespace on its main
+thread at start (it is the only thread), then runs the init containers one after another,
+then the containers, each as a process under its runAsUser/runAsGroup with its command, args
+and env, output to a log file per start. It applies the pod's restartPolicy with Kubernetes'
+crash-loop back-off and writes every change to the pod's status in the store. Containers die
+with the shim (PR_SET_PDEATHSIG), so a shim that is killed leaves no orphan; the runtime then
+starts a new shim, which carries the restart counts on.
+
+  python -m weir.runtime.shim --db PATH --uid POD_UID --log-dir DIR [--backoff SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from weir.api.pod import Container, Pod, parse_pod
+from weir.netns import NetNS, enter_this_process
+from weir.platform.local import PodStore
+from weir.runtime import status as st
+from weir.runtime.env import container_env
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+@dataclass
+class Unit:
+    """One container the shim runs."""
+
+    container: Container
+    init: bool
+    sidecar: bool = False  # a native sidecar: an init container with restartPolicy Always
+    proc: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+    started: float = 0.0
+    next_start: float = 0.0
+    done: bool = False
+    restarts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Shim:
+    def __init__(self, store: PodStore, uid: str, log_dir: str, backoff: float) -> None:
+        self.store = store
+        self.uid = uid
+        self.log_dir = log_dir
+        self.backoff = backoff
+        record = store.by_uid(uid)
+        if record is None:
+            raise SystemExit(f"shim: no pod with uid {uid}")
+        self.record = record
+        self.pod: Pod = parse_pod(record.manifest)
+        self.status = record.status
+        self.stopping = False
+        self.units = [Unit(c, True, c.restart_policy == "Always") for c in self.pod.spec.init_containers]
+        self.units += [Unit(c, False) for c in self.pod.spec.containers]
+        now = time.time()
+        for unit in self.units:
+            entry = st.container(self.status, unit.container.name)
+            unit.restarts = int(entry.get("restartCount", 0))
+            unit.done = unit.init and not unit.sidecar and st.completed(entry)
+            if "running" in entry.get("state", {}):
+                # The previous shim died and took this container with it (SIGKILL): count a restart.
+                self.status = st.terminated(self.status, unit.container.name, 137, None, now,
+                                            "the pod's supervisor stopped", signal.SIGKILL)
+                self.status = st.back_off(self.status, unit.container.name, 0)
+                unit.restarts += 1
+
+    # ---- status -------------------------------------------------------------------------------------
+
+    def save(self) -> None:
+        self.store.update(self.uid, status=self.status)
+
+    def phase(self) -> str:
+        inits = [u for u in self.units if u.init and not u.sidecar]
+        policy = self.pod.spec.restart_policy
+        if any(not u.done for u in inits):
+            failed = any(st.container(self.status, u.container.name)["state"].get("terminated") for u in inits
+                         if not u.done)
+            return "Failed" if failed and policy == "Never" else "Pending"
+        mains = [u for u in self.units if not u.init]
+        if all(u.done for u in mains):
+            codes = [st.container(self.status, u.container.name)["state"].get("terminated", {}).get("exitCode", 1)
+                     for u in mains]
+            return "Succeeded" if all(c == 0 for c in codes) else "Failed"
+        return "Running"
+
+    # ---- processes ----------------------------------------------------------------------------------
+
+    def start(self, unit: Unit) -> None:
+        c = unit.container
+        directory = os.path.join(self.log_dir, c.name)
+        os.makedirs(directory, exist_ok=True)
+        unit.log = open(os.path.join(directory, f"{unit.restarts}.log"), "ab")  # noqa: SIM115 - kept open while it runs
+        env = container_env(self.pod, c, self.status)
+        now = time.time()
+        try:
+            unit.proc = subprocess.Popen(
+                [*c.command, *c.args], env=env, cwd=c.working_dir or "/", stdin=subprocess.DEVNULL,
+                stdout=unit.log, stderr=subprocess.STDOUT, user=c.uid(self.pod), group=c.gid(self.pod),
+                extra_groups=[], start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the shim starts containers from its only thread
+            )
+        except OSError as exc:
+            unit.log.write(f"weir: cannot start {c.command[0]}: {exc.strerror}\n".encode())
+            unit.log.close()
+            self.status = st.start_failed(self.status, c.name, f"cannot start {c.command[0]}: {exc.strerror}", now)
+            self.exited(unit, 128, now)
+            return
+        unit.started = now
+        self.status = st.running(self.status, c.name, now)
+        self.store.event(self.uid, "Normal", "Started", f"Started container {c.name}")
+
+    def exited(self, unit: Unit, code: int, now: float, sig: int | None = None) -> None:
+        c = unit.container
+        if unit.log is not None and not unit.log.closed:
+            unit.log.close()
+        if unit.proc is not None:
+            self.status = st.terminated(self.status, c.name, code, unit.started, now, signal=sig)
+        unit.proc = None
+        policy = "Always" if unit.sidecar else self.pod.spec.restart_policy
+        if unit.init and not unit.sidecar and policy != "Never":
+            policy = "OnFailure"  # init containers are retried until they succeed
+        restart = not self.stopping and (policy == "Always" or (policy == "OnFailure" and code != 0))
+        if restart:
+            delay = st.backoff_delay(unit.restarts, self.backoff)
+            unit.restarts += 1
+            unit.next_start = now + delay
+            self.status = st.back_off(self.status, c.name, delay)
+            self.store.event(self.uid, "Warning", "BackOff", f"Back-off {delay:g}s restarting container {c.name}")
+        else:
+            unit.done = True
+
+    def reap(self) -> None:
+        for unit in self.units:
+            if unit.proc is None:
+                continue
+            code = unit.proc.poll()
+            if code is None:
+                continue
+            sig = -code if code < 0 else None
+            self.exited(unit, 128 + sig if sig else code, time.time(), sig)
+
+    def due(self, now: float) -> list[Unit]:
+        """What may start now: init containers strictly in order, then every container."""
+        ready = []
+        for unit in self.units:
+            if not unit.init:
+                break
+            if unit.done:
+                continue
+            if unit.proc is None and unit.next_start <= now:
+                ready.append(unit)
+            if not unit.sidecar:
+                return ready  # the next init container waits for this one
+            if unit.proc is None:
+                return ready  # a sidecar must be running before what follows
+        ready += [u for u in self.units if not u.init and not u.done and u.proc is None and u.next_start <= now]
+        return ready
+
+    def stop(self) -> None:
+        running = [u for u in self.units if u.proc is not None]
+        for unit in running:
+            assert unit.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(unit.proc.pid, signal.SIGTERM)
+        deadline = time.time() + self.pod.spec.termination_grace_period_seconds
+        while any(u.proc is not None and u.proc.poll() is None for u in running) and time.time() < deadline:
+            time.sleep(0.05)
+        for unit in running:
+            if unit.proc is not None and unit.proc.poll() is None:
+                os.killpg(unit.proc.pid, signal.SIGKILL)
+                unit.proc.wait()
+        self.reap()
+
+    # ---- main loop ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        def on_signal(*_: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.store.update(self.uid, shim_pid=os.getpid())
+        last: dict[str, Any] | None = None
+        while not self.stopping:
+            self.reap()
+            now = time.time()
+            for unit in self.due(now):
+                self.start(unit)
+            self.status = st.with_phase(self.status, self.phase())
+            if self.status != last:
+                self.save()
+                last = self.status
+            if all(u.done for u in self.units if not u.init) and self.status["phase"] in ("Succeeded", "Failed"):
+                return 0
+            if self.status["phase"] == "Failed":
+                return 0
+            time.sleep(0.05)
+        self.stop()
+        self.status = st.with_phase(self.status, self.phase())
+        self.save()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weir-shim")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--uid", required=True)
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--backoff", type=float, default=st.BACKOFF_INITIAL)
+    args = parser.parse_args(argv)
+    store = PodStore(args.db)
+    record = store.by_uid(args.uid)
+    if record is None or not record.netns:
+        print(f"shim: pod {args.uid} has no sandbox", file=sys.stderr)
+        return 1
+    enter_this_process(NetNS(record.netns))
+    return Shim(store, args.uid, args.log_dir, args.backoff).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
