@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from weir.api import (
+from weir.api.pod import (
     Container,
     EnvVar,
     FieldRef,

@@ -4,47 +4,6 @@ The bottom layer of weir (under ``weir.netns``): it imports only the standard li
 every other package may use it. It decodes nothing itself: callers pass the dicts that
 ``yaml.safe_load`` or ``json.loads`` returned, and get typed values or a
 :class:`ManifestError` naming each bad field by its JSON path. It knows nothing of processes,
-namespaces or the Kubernetes API.
+namespaces or the Kubernetes API. Import from the modules: ``weir.api.pod`` is the Pod
+model's one entry point.
 """
-
-from __future__ import annotations
-
-from weir.api.pod import (
-    Capabilities,
-    Container,
-    ContainerPort,
-    EnvVar,
-    EnvVarSource,
-    FieldRef,
-    ManifestError,
-    ObjectMeta,
-    Pod,
-    PodSecurityContext,
-    PodSpec,
-    ResourceFieldRef,
-    ResourceRequirements,
-    SecurityContext,
-    Sysctl,
-    parse_pod,
-    pod_to_dict,
-)
-
-__all__ = [
-    "Capabilities",
-    "Container",
-    "ContainerPort",
-    "EnvVar",
-    "EnvVarSource",
-    "FieldRef",
-    "ManifestError",
-    "ObjectMeta",
-    "Pod",
-    "PodSecurityContext",
-    "PodSpec",
-    "ResourceFieldRef",
-    "ResourceRequirements",
-    "SecurityContext",
-    "Sysctl",
-    "parse_pod",
-    "pod_to_dict",
-]
