@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lab import (
@@ -162,6 +164,13 @@ def agent_steps(lab: Lab, runs: int) -> dict[str, Any]:
 
     lookups = {f"lookup '{name}' ({files.index(f'{POD_NAMESPACE}-{name}.yaml') + 1} of {len(files)} files)":
                summary(timed(lookup(name), runs)) for name in ("plain", "injected")}
+    texts = [(lab.pods_dir / name).read_text() for name in files]
+    c_loader = getattr(yaml, "CSafeLoader", None)
+    what_if = {f"what-if: parse all {len(files)} files with yaml.safe_load (pure Python, as DirectoryPods)":
+               summary(timed(lambda: [yaml.safe_load(t) for t in texts], runs))}
+    if c_loader is not None:
+        what_if[f"what-if: parse all {len(files)} files with yaml.CSafeLoader (libyaml)"] = \
+            summary(timed(lambda: [yaml.load(t, Loader=c_loader) for t in texts], runs))  # noqa: S506 - safe loader
     injected = pods.get(POD_NAMESPACE, "injected")
     assert injected is not None
     decision = decide(injected, ips=["10.214.0.2/16"])
@@ -209,6 +218,7 @@ def agent_steps(lab: Lab, runs: int) -> dict[str, Any]:
     entered = timed(lambda: netns.run(["true"], lab.node), runs)
     return {
         "pod_lookup": lookups,
+        "pod_lookup_what_if": what_if,
         "decide": summary(timed(lambda: decide(injected, ips=["10.214.0.2/16"]), runs)),
         "executor_apply_uncached_scratch": summary(applies),
         "commands_per_apply": {label: {"count": counts.get(label, 0), **summary(v)} for label, v in
@@ -239,6 +249,7 @@ def print_report(res: dict[str, Any]) -> None:
                 ["agent ADD request, no plugin (wall ms)", "median", "p95"]))
     st = res["agent_steps"]
     rows = [[k, "", f"{v['median']:.2f}", f"{v['p95']:.2f}"] for k, v in st["pod_lookup"].items()]
+    rows += [[k, "", f"{v['median']:.2f}", f"{v['p95']:.2f}"] for k, v in st["pod_lookup_what_if"].items()]
     rows.append(["decide", "", f"{st['decide']['median']:.2f}", f"{st['decide']['p95']:.2f}"])
     rows.append(["Executor.apply, all (scratch uncached)", "", f"{st['executor_apply_uncached_scratch']['median']:.2f}",
                  f"{st['executor_apply_uncached_scratch']['p95']:.2f}"])

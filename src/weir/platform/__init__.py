@@ -16,27 +16,47 @@ class PodSource(Protocol):
         """The Pod manifest, or None when there is no such pod (yet)."""
 
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class DirectoryPods:
-    """Pod manifests (YAML or JSON, one per file) in a directory, read on every lookup so that
-    a pod written just before its CNI ADD is found. Unreadable files are skipped."""
+    """Pod manifests (YAML or JSON, one per file) in a directory. The directory is listed on
+    every lookup, so a pod written just before its CNI ADD is found; a file is parsed again only
+    when its size, mtime or inode changed. Unreadable files are skipped."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
+        self._parsed: dict[str, tuple[tuple[int, int, int], Any]] = {}
+
+    def _load(self, path: str) -> Any:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._parsed.get(path)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            doc = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_Loader)  # noqa: S506 - a safe loader
+        except (OSError, ValueError, yaml.YAMLError):
+            doc = None
+        self._parsed[path] = (key, doc)
+        return doc
 
     def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
             entries = sorted(os.listdir(self.directory))
         except OSError:
             return None
-        for entry in entries:
-            if not entry.endswith((".yaml", ".yml", ".json")):
-                continue
-            try:
-                with open(os.path.join(self.directory, entry), encoding="utf-8") as f:
-                    text = f.read()
-                doc = json.loads(text) if entry.endswith(".json") else yaml.safe_load(text)
-            except (OSError, ValueError, yaml.YAMLError):
-                continue
+        paths = {os.path.join(self.directory, e) for e in entries if e.endswith((".yaml", ".yml", ".json"))}
+        for path in list(self._parsed):
+            if path not in paths:
+                del self._parsed[path]
+        for path in sorted(paths):
+            doc = self._load(path)
             if not isinstance(doc, dict) or doc.get("kind", "Pod") != "Pod":
                 continue
             meta = doc.get("metadata") or {}
