@@ -16,41 +16,52 @@ a CNI error code (7 for a bad annotation, 100+ for weir's own) the plugin report
 
 from __future__ import annotations
 
+import _socket
 import json
-import socket
-from dataclasses import asdict, dataclass, field
-from typing import Any
+
+from weir.cni._value import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "pluginevent.sock"
 DEFAULT_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
-class Pod:
+class Pod(Value):
+    __slots__ = ("infra_container_id", "name", "namespace", "uid")
     namespace: str
     name: str
-    uid: str = ""
-    infra_container_id: str = ""
+    uid: str
+    infra_container_id: str
+
+    def __init__(self, namespace: str, name: str, uid: str = "", infra_container_id: str = "") -> None:
+        self._set(namespace=namespace, name=name, uid=uid, infra_container_id=infra_container_id)
 
 
-@dataclass(frozen=True)
-class Attachment:
+class Attachment(Value):
     """One CNI attachment: the pod, its sandbox and the addresses the chain gave it."""
 
+    __slots__ = ("container_id", "ifname", "ips", "netns", "pod")
     container_id: str
     ifname: str
     netns: str
     pod: Pod
-    ips: tuple[str, ...] = field(default=())
+    ips: tuple[str, ...]
+
+    def __init__(self, container_id: str, ifname: str, netns: str, pod: Pod, ips: tuple[str, ...] = ()) -> None:
+        self._set(container_id=container_id, ifname=ifname, netns=netns, pod=pod, ips=tuple(ips))
 
     @property
     def key(self) -> str:
         return f"{self.container_id}_{self.ifname}"
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ips"] = list(self.ips)
-        return data
+        pod = {"namespace": self.pod.namespace, "name": self.pod.name, "uid": self.pod.uid,
+               "infra_container_id": self.pod.infra_container_id}
+        return {"container_id": self.container_id, "ifname": self.ifname, "netns": self.netns, "pod": pod,
+                "ips": list(self.ips)}
 
     @classmethod
     def from_json(cls, data: Any) -> Attachment:
@@ -89,13 +100,16 @@ def _request(path: str, timeout: float, method: str, target: str, payload: bytes
     plugin must start fast, and ``http.client`` alone costs it more than 20 ms of imports."""
     head = (f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # not socket.py: its enums cost ~7 ms
+    try:
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(head + payload)
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)
+    finally:
+        sock.close()
     raw = b"".join(chunks)
     header, sep, body = raw.partition(b"\r\n\r\n")
     status_line = header.split(b"\r\n", 1)[0].split()

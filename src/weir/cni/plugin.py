@@ -22,11 +22,14 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
 
 from weir.cni.events import SOCKET_NAME, AgentClient, AgentError, AgentUnavailable, Attachment, Pod
 from weir.cni.skel import Call, dispatch
 from weir.cni.spec import CniError, Code, k8s_pod_args
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_RUN_DIR = "/var/run/weir-cni"
 LOG_FILE = "weir-cni.log"

@@ -21,9 +21,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
 
+from weir.cni._value import Value
 from weir.cni.spec import (
     LATEST_VERSION,
     SUPPORTED_VERSIONS,
@@ -47,10 +46,10 @@ _LEGACY_ATTACHMENTS_KEY = "cni.dev/attachments"
 _MAX_IFNAME_BYTES = 15  # IFNAMSIZ - 1
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(Value):
     """One plugin invocation, parsed: what a handler gets."""
 
+    __slots__ = ("cni_args", "command", "container_id", "ifname", "netconf", "netns", "path", "valid_attachments")
     command: str
     container_id: str
     netns: str
@@ -58,7 +57,19 @@ class Call:
     cni_args: dict[str, str]
     path: list[str]
     netconf: NetConf
-    valid_attachments: list[dict[str, str]] = field(default_factory=list)  # GC only
+    valid_attachments: list[dict[str, str]]  # GC only
+
+    def __init__(self, command: str, container_id: str, netns: str, ifname: str, cni_args: dict[str, str],
+                 path: list[str], netconf: NetConf, valid_attachments: list[dict[str, str]] | None = None) -> None:
+        self._set(command=command, container_id=container_id, netns=netns, ifname=ifname, cni_args=cni_args,
+                  path=path, netconf=netconf, valid_attachments=[] if valid_attachments is None else valid_attachments)
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:  # the plugin never needs typing at run time (it costs start-up)
+    Protocol = object
 
 
 class Handlers(Protocol):
@@ -76,13 +87,18 @@ class Handlers(Protocol):
     def gc(self, call: Call) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Verb:
+class _Verb(Value):
+    __slots__ = ("min_version", "prints_result", "required", "run", "takes_attachments")
     required: tuple[str, ...]  # environment variables besides CNI_COMMAND, in the order reported
     min_version: str  # the first config cniVersion whose spec has this verb
     run: Callable[[Handlers, Call], object]
-    prints_result: bool = False
-    takes_attachments: bool = False
+    prints_result: bool
+    takes_attachments: bool
+
+    def __init__(self, required: tuple[str, ...], min_version: str, run: Callable[[Handlers, Call], object],
+                 prints_result: bool = False, takes_attachments: bool = False) -> None:
+        self._set(required=required, min_version=min_version, run=run, prints_result=prints_result,
+                  takes_attachments=takes_attachments)
 
 
 _OLDEST = SUPPORTED_VERSIONS[0]

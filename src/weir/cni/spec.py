@@ -15,9 +15,13 @@ import copy
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+
+from weir.cni._value import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -113,20 +117,25 @@ def require_supported(version: str, what: str = "cniVersion") -> None:
 # ---- network configuration -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NetConf:
+class NetConf(Value):
     """One plugin's network configuration as the runtime sent it on stdin.
 
     ``raw`` holds every key exactly as given (unknown keys included: runtimes and other plugins
     pass them through); the other fields are the parsed, validated well-known ones.
     """
 
+    __slots__ = ("cni_version", "name", "prev_result", "raw", "runtime_config", "type")
     cni_version: str
     name: str
     type: str
     raw: dict[str, Any]
-    prev_result: dict[str, Any] | None = None
-    runtime_config: dict[str, Any] = field(default_factory=dict)
+    prev_result: dict[str, Any] | None
+    runtime_config: dict[str, Any]
+
+    def __init__(self, cni_version: str, name: str, type: str, raw: dict[str, Any],
+                 prev_result: dict[str, Any] | None = None, runtime_config: dict[str, Any] | None = None) -> None:
+        self._set(cni_version=cni_version, name=name, type=type, raw=raw, prev_result=prev_result,
+                  runtime_config={} if runtime_config is None else runtime_config)
 
 
 def decode_json(data: bytes | str, what: str) -> Any:
@@ -345,14 +354,17 @@ def parse_cni_args(text: str) -> dict[str, str]:
     return args
 
 
-@dataclass(frozen=True)
-class K8sPodArgs:
+class K8sPodArgs(Value):
     """The pod identity kubelet and containerd put in CNI_ARGS."""
 
+    __slots__ = ("infra_container_id", "name", "namespace", "uid")
     namespace: str
     name: str
-    uid: str = ""  # older runtimes do not send it
-    infra_container_id: str = ""
+    uid: str  # older runtimes do not send it
+    infra_container_id: str
+
+    def __init__(self, namespace: str, name: str, uid: str = "", infra_container_id: str = "") -> None:
+        self._set(namespace=namespace, name=name, uid=uid, infra_container_id=infra_container_id)
 
 
 def k8s_pod_args(args: Mapping[str, str]) -> K8sPodArgs | None:
