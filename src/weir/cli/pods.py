@@ -190,8 +190,30 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+_EXEC_OPTIONS = {"-n": "namespace", "--namespace": "namespace", "-c": "container", "--container": "container"}
+
+
+def _exec_command(args: argparse.Namespace) -> list[str]:
+    """The command of ``weir pod exec NAME [-n NS] [-c C] -- COMMAND``. argparse's REMAINDER takes
+    everything after NAME, options included: take the options back from its start, up to ``--``."""
+    rest = list(args.command)
+    while rest and rest[0] != "--":
+        option, eq, value = rest[0].partition("=")
+        if option not in _EXEC_OPTIONS:
+            if option.startswith("-"):
+                raise UsageError(f"exec: unknown option {option!r} (put the command after '--')")
+            return rest  # no '--': the command starts here
+        if not eq:
+            if len(rest) < 2:
+                raise UsageError(f"exec: {option} needs a value")
+            value = rest[1]
+        setattr(args, _EXEC_OPTIONS[option], value)
+        rest = rest[1 if eq else 2:]
+    return rest[1:]
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = _exec_command(args)
     if not command:
         raise UsageError("exec needs a command: weir pod exec NAME [-c CONTAINER] -- COMMAND [ARGS...]")
     runtime = _runtime(args)

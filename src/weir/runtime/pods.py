@@ -31,6 +31,7 @@ from weir.runtime.cni import CniError as RuntimeCniError
 from weir.runtime.cni import ConfList, Network, RuntimeConf
 from weir.runtime.env import container_env
 from weir.runtime.node import NodeConfig
+from weir.runtime.shim import kill_processes_in
 
 NETNS_DIR = "/var/run/netns"
 
@@ -202,6 +203,9 @@ class Runtime:
                 time.sleep(0.05)
             if _alive(record.shim_pid):
                 os.kill(record.shim_pid, signal.SIGKILL)
+        if record.netns:
+            # What no shim stopped (the shim was gone, or a container left a child behind) dies with the pod.
+            kill_processes_in(NetNS(record.netns))
         errors = []
         if record.sandbox_id:
             network = self.network()

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -37,6 +38,47 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def processes_in(ns: NetNS, exclude: Collection[int] = ()) -> list[int]:
+    """The pids of every process whose network namespace is ``ns`` (the pod's processes: what a
+    container left behind, a child of a child that PR_SET_PDEATHSIG does not reach)."""
+    try:
+        identity = ns.identity()
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            st_ = os.stat(f"/proc/{entry}/ns/net")
+        except OSError:
+            continue
+        if (st_.st_dev, st_.st_ino) == identity:
+            found.append(int(entry))
+    return found
+
+
+def kill_processes_in(ns: NetNS, exclude: Collection[int] = ()) -> list[int]:
+    """SIGKILL every process in ``ns`` (but ``exclude``) and wait briefly until they are gone."""
+    pids = processes_in(ns, exclude)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while pids and time.time() < deadline:
+        pids = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and not _zombie(pid)]
+        time.sleep(0.02)
+    return pids
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 @dataclass
@@ -74,26 +116,35 @@ class Shim:
         for unit in self.units:
             entry = st.container(self.status, unit.container.name)
             unit.restarts = int(entry.get("restartCount", 0))
-            unit.done = unit.init and not unit.sidecar and st.completed(entry)
-            if "running" in entry.get("state", {}):
+            state = entry.get("state", {})
+            if "running" in state:
                 # The previous shim died and took this container with it (SIGKILL): count a restart.
+                # The restartPolicy applies as to any container that died.
                 self.status = st.terminated(self.status, unit.container.name, 137, None, now,
                                             "the pod's supervisor stopped", signal.SIGKILL)
-                self.status = st.back_off(self.status, unit.container.name, 0)
-                unit.restarts += 1
+                if self.should_restart(unit, 137):
+                    self.status = st.back_off(self.status, unit.container.name, 0)
+                    unit.restarts += 1
+                else:
+                    unit.done = True
+            elif "terminated" in state:
+                # It ended under the previous shim and was not to be restarted: it stays ended.
+                unit.done = not self.should_restart(unit, int(state["terminated"].get("exitCode", 1)))
 
     # ---- status -------------------------------------------------------------------------------------
 
     def save(self) -> None:
         self.store.update(self.uid, status=self.status)
 
+    def succeeded(self, unit: Unit) -> bool:
+        return unit.done and st.completed(st.container(self.status, unit.container.name))
+
     def phase(self) -> str:
         inits = [u for u in self.units if u.init and not u.sidecar]
-        policy = self.pod.spec.restart_policy
+        if any(u.done and not self.succeeded(u) for u in inits):
+            return "Failed"  # an init container failed and is not retried (restartPolicy Never)
         if any(not u.done for u in inits):
-            failed = any(st.container(self.status, u.container.name)["state"].get("terminated") for u in inits
-                         if not u.done)
-            return "Failed" if failed and policy == "Never" else "Pending"
+            return "Pending"
         mains = [u for u in self.units if not u.init]
         if all(u.done for u in mains):
             codes = [st.container(self.status, u.container.name)["state"].get("terminated", {}).get("exitCode", 1)
@@ -134,11 +185,7 @@ class Shim:
         if unit.proc is not None:
             self.status = st.terminated(self.status, c.name, code, unit.started, now, signal=sig)
         unit.proc = None
-        policy = "Always" if unit.sidecar else self.pod.spec.restart_policy
-        if unit.init and not unit.sidecar and policy != "Never":
-            policy = "OnFailure"  # init containers are retried until they succeed
-        restart = not self.stopping and (policy == "Always" or (policy == "OnFailure" and code != 0))
-        if restart:
+        if not self.stopping and self.should_restart(unit, code):
             delay = st.backoff_delay(unit.restarts, self.backoff)
             unit.restarts += 1
             unit.next_start = now + delay
@@ -146,6 +193,13 @@ class Shim:
             self.store.event(self.uid, "Warning", "BackOff", f"Back-off {delay:g}s restarting container {c.name}")
         else:
             unit.done = True
+
+    def should_restart(self, unit: Unit, code: int) -> bool:
+        """Whether the pod's restartPolicy restarts ``unit`` after it exited with ``code``."""
+        policy = "Always" if unit.sidecar else self.pod.spec.restart_policy
+        if unit.init and not unit.sidecar and policy != "Never":
+            policy = "OnFailure"  # init containers are retried until they succeed
+        return policy == "Always" or (policy == "OnFailure" and code != 0)
 
     def reap(self) -> None:
         for unit in self.units:
@@ -159,11 +213,13 @@ class Shim:
 
     def due(self, now: float) -> list[Unit]:
         """What may start now: init containers strictly in order, then every container."""
-        ready = []
+        ready: list[Unit] = []
         for unit in self.units:
             if not unit.init:
                 break
             if unit.done:
+                if not unit.sidecar and not self.succeeded(unit):
+                    return ready  # a failed init container that is not retried: nothing after it starts
                 continue
             if unit.proc is None and unit.next_start <= now:
                 ready.append(unit)
@@ -185,7 +241,8 @@ class Shim:
             time.sleep(0.05)
         for unit in running:
             if unit.proc is not None and unit.proc.poll() is None:
-                os.killpg(unit.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(unit.proc.pid, signal.SIGKILL)
                 unit.proc.wait()
         self.reap()
 
@@ -198,21 +255,24 @@ class Shim:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.store.update(self.uid, shim_pid=os.getpid())
+        # Whatever a previous shim of this pod left running in the sandbox is not supervised by
+        # anyone: kill it before starting the containers again.
+        kill_processes_in(NetNS(self.record.netns), exclude={os.getpid()})
         last: dict[str, Any] | None = None
         while not self.stopping:
             self.reap()
             now = time.time()
-            for unit in self.due(now):
-                self.start(unit)
+            if self.phase() not in ("Succeeded", "Failed"):
+                for unit in self.due(now):
+                    self.start(unit)
             self.status = st.with_phase(self.status, self.phase())
             if self.status != last:
                 self.save()
                 last = self.status
-            if all(u.done for u in self.units if not u.init) and self.status["phase"] in ("Succeeded", "Failed"):
-                return 0
-            if self.status["phase"] == "Failed":
-                return 0
+            if self.status["phase"] in ("Succeeded", "Failed"):
+                break  # the pod is over: native sidecars still running are stopped below
             time.sleep(0.05)
+        self.stopping = True
         self.stop()
         self.status = st.with_phase(self.status, self.phase())
         self.save()
