@@ -25,12 +25,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.privileged)
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("privileged") is None or os.geteuid() == 0:
-        return
+def _skip_unless_ci(reason: str) -> None:
     if in_ci():
-        pytest.fail("privileged test needs root; CI=true forbids skipping it")
-    pytest.skip("needs root (runs in CI as root)")
+        pytest.fail(f"{reason}; CI=true forbids skipping it")
+    pytest.skip(reason)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("privileged") is not None and os.geteuid() != 0:
+        _skip_unless_ci("needs root (runs in CI as root)")
+    if item.get_closest_marker("cni_plugins") is not None and not os.access("/usr/lib/cni/bridge", os.X_OK):
+        _skip_unless_ci("needs the reference CNI plugins in /usr/lib/cni (scripts/setup.sh installs them)")
 
 
 @pytest.fixture(scope="session")

@@ -45,8 +45,7 @@ VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
 NS = POD_NAMESPACE
 
 pytestmark = [
-    pytest.mark.skipif(not os.access("/usr/lib/cni/bridge", os.X_OK),
-                       reason="reference CNI plugins not installed (containernetworking-plugins)"),
+    pytest.mark.cni_plugins,
     pytest.mark.timeout(60),
 ]
 

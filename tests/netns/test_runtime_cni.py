@@ -42,8 +42,7 @@ CHECK_VERSIONS = [v for v in VERSIONS if version_key(v) >= version_key("0.4.0")]
 NETWORK = "weirtest"
 HOST_PORT = 18080
 
-pytestmark = pytest.mark.skipif(not os.access("/usr/lib/cni/bridge", os.X_OK),
-                                reason="reference CNI plugins not installed (containernetworking-plugins)")
+pytestmark = pytest.mark.cni_plugins
 
 _counter = itertools.count()
 

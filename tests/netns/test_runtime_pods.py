@@ -14,7 +14,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,8 +45,7 @@ from .runtime_helpers import (
 )
 
 pytestmark = [
-    pytest.mark.skipif(not os.access("/usr/lib/cni/bridge", os.X_OK),
-                       reason="reference CNI plugins not installed (containernetworking-plugins)"),
+    pytest.mark.cni_plugins,
     pytest.mark.timeout(90),
 ]
 
@@ -54,8 +55,8 @@ def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     """Make nodes (``nodes(agent=..., fail_open=...)``); all are cleaned up and checked at the end."""
     made: list[Node] = []
 
-    def make(**kwargs: Any) -> Node:
-        made.append(make_node(tmp_path / f"node{len(made)}", **kwargs))
+    def make(*, root: Path | None = None, **kwargs: Any) -> Node:
+        made.append(make_node(root or tmp_path / f"node{len(made)}", **kwargs))
         return made[-1]
 
     forced: list[str] = []
@@ -539,3 +540,35 @@ def test_get_shows_the_manifest_with_uid_and_the_status(node: Node) -> None:
     conditions = {c["type"]: c["status"] for c in status["conditions"]}
     assert conditions == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "True",
                           "Ready": "True"}
+
+
+# ---- the shipped examples ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A node root that every uid can traverse, as /var/lib/weir is on a real node (pytest's own
+    temporary directories are private to root), so containers can run the node's `weir`."""
+    root = Path(tempfile.mkdtemp(prefix="weir-example-"))
+    root.chmod(0o755)
+    try:
+        yield root / "node"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("example", ["hello", "injected"])
+def test_the_shipped_examples_run(open_root: Path, nodes: Callable[..., Node], example: str) -> None:
+    node = nodes(root=open_root)
+    examples = Path(__file__).resolve().parents[2] / "examples" / "pods"
+    manifest = yaml.safe_load((examples / f"{example}.yaml").read_text())
+    node.run(manifest)
+    status = node.wait_status(example, "Running", lambda s: s.get("phase") == "Running")
+    assert node.in_subnet(status["podIP"])
+    if example == "injected":
+        validation = entry(status, "istio-validation")
+        assert validation["state"]["terminated"]["exitCode"] == 0
+        assert "validation passed" in node.pod_cli("logs", example, "-c", "istio-validation", check=True).stdout
+    else:
+        out = wait_for("the greeting", lambda: node.pod_cli("logs", example).stdout or None)
+        assert out.strip() == f"hello from hello at {status['podIP']}"

@@ -58,8 +58,10 @@ def _resource(pod: Pod, container: Container, ref: ResourceFieldRef) -> str:
     return str(math.ceil(value))
 
 
-def container_env(pod: Pod, container: Container, status: Mapping[str, Any], node_ip: str = "") -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "HOSTNAME": pod.metadata.name}
+def container_env(pod: Pod, container: Container, status: Mapping[str, Any], node_ip: str = "",
+                  tools_dir: str = "") -> dict[str, str]:
+    """``tools_dir`` (the node's ``weir`` launcher) comes first on PATH, as an image's tools would."""
+    env = {"PATH": f"{tools_dir}:{DEFAULT_PATH}" if tools_dir else DEFAULT_PATH, "HOSTNAME": pod.metadata.name}
     for var in container.env:
         source = var.value_from
         if isinstance(source, FieldRef):

@@ -14,6 +14,8 @@ import ipaddress
 import json
 import os
 import re
+import shlex
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,6 +61,11 @@ class NodeConfig:
     @property
     def cni_path(self) -> list[str]:
         return [self.bin_dir, REFERENCE_PLUGINS]
+
+    @property
+    def tools_dir(self) -> str:
+        """Holds the ``weir`` launcher; first on every container's PATH."""
+        return self._p("var", "lib", "weir", "bin")
 
     @property
     def cache_dir(self) -> str:
@@ -127,6 +134,9 @@ def init_node(config: NodeConfig) -> NodeConfig:
     for directory in (config.bin_dir, config.cache_dir, config.ipam_dir, config.log_dir, config.run_dir):
         os.makedirs(directory, mode=0o755, exist_ok=True)
     build_plugin(os.path.join(config.bin_dir, "weir-cni"))
+    os.makedirs(config.tools_dir, mode=0o755, exist_ok=True)
+    launcher = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m weir "$@"\n'
+    _write(os.path.join(config.tools_dir, "weir"), launcher, 0o755)
     _write(config.conflist, json.dumps(config.conflist_doc(), indent=2, sort_keys=True) + "\n")
     data = asdict(config)
     _write(os.path.join(config.root, NODE_FILE), json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -161,7 +161,7 @@ class Runtime:
         with open(os.path.join(log_dir, "shim.log"), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "weir.runtime.shim", "--db", self.node.db, "--uid", uid, "--log-dir", log_dir,
-                 "--backoff", str(self.node.backoff_seconds)],
+                 "--backoff", str(self.node.backoff_seconds), "--tools-dir", self.node.tools_dir],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self.store.update(uid, shim_pid=proc.pid)
@@ -248,7 +248,7 @@ class Runtime:
                        if c.name == (container or pod.spec.containers[0].name)), None)
         if chosen is None:
             raise PodError(f"pod {namespace}/{name} has no container {container!r}")
-        env = container_env(pod, chosen, record.status)
+        env = container_env(pod, chosen, record.status, tools_dir=self.node.tools_dir)
         argv = ["setpriv", f"--reuid={chosen.uid(pod)}", f"--regid={chosen.gid(pod)}", "--clear-groups", "--",
                 *argv]
 

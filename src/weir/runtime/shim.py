@@ -9,7 +9,7 @@ crash-loop back-off and writes every change to the pod's status in the store. Co
 with the shim (PR_SET_PDEATHSIG), so a shim that is killed leaves no orphan; the runtime then
 starts a new shim, which carries the restart counts on.
 
-  python -m weir.runtime.shim --db PATH --uid POD_UID --log-dir DIR [--backoff SECONDS]
+  python -m weir.runtime.shim --db PATH --uid POD_UID --log-dir DIR [--backoff SECONDS] [--tools-dir DIR]
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ class Unit:
 
 
 class Shim:
-    def __init__(self, store: PodStore, uid: str, log_dir: str, backoff: float) -> None:
+    def __init__(self, store: PodStore, uid: str, log_dir: str, backoff: float, tools_dir: str = "") -> None:
+        self.tools_dir = tools_dir
         self.store = store
         self.uid = uid
         self.log_dir = log_dir
@@ -159,7 +160,7 @@ class Shim:
         directory = os.path.join(self.log_dir, c.name)
         os.makedirs(directory, exist_ok=True)
         unit.log = open(os.path.join(directory, f"{unit.restarts}.log"), "ab")  # noqa: SIM115 - kept open while it runs
-        env = container_env(self.pod, c, self.status)
+        env = container_env(self.pod, c, self.status, tools_dir=self.tools_dir)
         now = time.time()
         try:
             unit.proc = subprocess.Popen(
@@ -285,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uid", required=True)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--backoff", type=float, default=st.BACKOFF_INITIAL)
+    parser.add_argument("--tools-dir", default="")
     args = parser.parse_args(argv)
     store = PodStore(args.db)
     record = store.by_uid(args.uid)
@@ -292,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shim: pod {args.uid} has no sandbox", file=sys.stderr)
         return 1
     enter_this_process(NetNS(record.netns))
-    return Shim(store, args.uid, args.log_dir, args.backoff).run()
+    return Shim(store, args.uid, args.log_dir, args.backoff, args.tools_dir).run()
 
 
 if __name__ == "__main__":
