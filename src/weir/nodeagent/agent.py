@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from weir.capture.apply import Backend
 from weir.nodeagent.server import PluginEventServer
 from weir.nodeagent.service import CaptureService, Settings
+from weir.nodeagent.settings import ConfigError
 from weir.platform import DirectoryPods, PodSource
 from weir.platform.local import StorePods
 
@@ -25,10 +26,6 @@ log = logging.getLogger("weir.nodeagent")
 DEFAULT_RUN_DIR = "/var/run/weir-cni"
 _TRUE = {"1", "t", "true", "yes"}
 _FALSE = {"", "0", "f", "false", "no"}
-
-
-class ConfigError(ValueError):
-    """A setting has a bad value; the message names it."""
 
 
 @dataclass(frozen=True)
