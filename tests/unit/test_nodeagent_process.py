@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from weir.cni.bundle import build
-from weir.nodeagent.agent import ConfigError, config_from
+from weir.nodeagent.agent import config_from
+from weir.nodeagent.settings import ConfigError
 
 
 def test_flags_win_over_istio_env_names(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 from weir.cli._common import UsageError
-from weir.nodeagent.agent import ConfigError, config_from, serve
+from weir.nodeagent.agent import config_from, serve
+from weir.nodeagent.settings import ConfigError
 
 
 def register(groups: Any) -> None:
