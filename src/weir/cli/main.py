@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from weir.cli import capture, demo, nodeagent, pods
+from weir.cli import capture, demo, install, nodeagent, pods
 from weir.cli._common import EXIT_USAGE, Parser, UsageError
 
 
@@ -19,6 +19,7 @@ def build_parser() -> Parser:
     groups.required = True
     capture.register(groups)
     demo.register(groups)
+    install.register(groups)
     nodeagent.register(groups)
     pods.register(groups)
     return parser

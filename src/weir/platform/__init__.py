@@ -1,12 +1,18 @@
-"""Where pods come from, behind a small protocol: the embedded runtime, a directory of
-manifests (static pods), or the Kubernetes API. The node agent depends only on ``PodSource``."""
+"""Where pods come from, behind small protocols: the embedded runtime, a directory of
+manifests (static pods), or the Kubernetes API. The node agent depends only on ``PodSource``
+(one pod by name, for the plugin's ADD) and ``PodBackend`` (this node's pods as a stream of
+changes, and what the repair controller may do to them). Pods are plain mappings in the
+Kubernetes API's JSON shape (camelCase keys, ``status.initContainerStatuses[].lastState``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from typing import Any, Protocol
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import yaml
 
@@ -14,6 +20,48 @@ import yaml
 class PodSource(Protocol):
     def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
         """The Pod manifest, or None when there is no such pod (yet)."""
+
+
+class PodBackendError(Exception):
+    """A backend call failed for now (API unreachable, a command failed); it may be retried."""
+
+
+class PodConflict(PodBackendError):
+    """The pod is gone or changed since it was seen (a precondition on its uid or
+    resourceVersion failed): retrying with the old copy is pointless."""
+
+
+@dataclass(frozen=True)
+class PodEvent:
+    """One change to a pod of this node, as a Kubernetes watch reports it."""
+
+    kind: Literal["ADDED", "MODIFIED", "DELETED"]
+    pod: Mapping[str, Any]
+
+
+class PodBackend(Protocol):
+    """This node's pods for the repair controller (Kubernetes: list/watch and the API; the
+    embedded runtime: its store and its verbs)."""
+
+    def watch(self, stop: threading.Event) -> Iterator[PodEvent]:
+        """Every pod of this node (ADDED) and then each change, until ``stop`` is set. Raises
+        PodBackendError when the source fails; the caller starts a new watch."""
+
+    def wake(self) -> None:
+        """Called from another thread after ``stop`` was set: make a blocked ``watch`` return soon."""
+
+    def netns(self, pod: Mapping[str, Any]) -> str:
+        """The path of the running pod's network namespace; PodBackendError when not found."""
+
+    def delete(self, pod: Mapping[str, Any]) -> None:
+        """Delete the pod, only if it is still this uid (and resourceVersion, where there is one):
+        PodConflict otherwise. Its controller (ReplicaSet, or the runtime) makes a new one."""
+
+    def label(self, pod: Mapping[str, Any], key: str, value: str) -> None:
+        """Set one label on the pod (still this uid, else PodConflict)."""
+
+    def event(self, pod: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Record an Event about the pod (``type_`` Normal or Warning)."""
 
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

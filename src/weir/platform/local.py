@@ -144,6 +144,24 @@ class PodStore:
         with self._db() as db:
             db.execute(f"UPDATE pods SET {assignments} WHERE uid = ?", (*values.values(), uid))
 
+    def set_label(self, uid: str, key: str, value: str) -> PodRecord | None:
+        """Set ``metadata.labels[key]`` on the pod's manifest in one transaction (the pod's
+        containers keep running); None when there is no pod with that uid."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT manifest FROM pods WHERE uid = ?", (uid,)).fetchone()
+                if row is not None:
+                    manifest = json.loads(row[0])
+                    metadata = manifest.setdefault("metadata", {})
+                    metadata["labels"] = {**(metadata.get("labels") or {}), key: value}
+                    db.execute("UPDATE pods SET manifest = ? WHERE uid = ?", (json.dumps(manifest), uid))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.by_uid(uid) if row is not None else None
+
     def delete(self, uid: str) -> None:
         with self._db() as db:
             db.execute("DELETE FROM pods WHERE uid = ?", (uid,))

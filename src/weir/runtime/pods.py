@@ -12,6 +12,7 @@ losing a shim loses no pod.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -38,6 +39,10 @@ NETNS_DIR = "/var/run/netns"
 
 class PodError(Exception):
     """A pod could not be created, found or removed; the message says why."""
+
+
+class PodPreconditionError(PodError):
+    """The pod is not the one the caller meant (another uid, or gone)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +230,33 @@ class Runtime:
             raise PodError(f"pod {namespace}/{name} was not fully removed (run `weir pod rm` again): "
                            + "; ".join(errors))
         self.store.delete(record.uid)
+
+    def _expect(self, namespace: str, name: str, uid: str | None) -> PodRecord:
+        record = self.store.get(namespace, name)
+        if record is None or record.deleting or (uid is not None and record.uid != uid):
+            now = "is gone" if record is None or record.deleting else f"has uid {record.uid} now"
+            raise PodPreconditionError(f"pod {namespace}/{name}" + (f" (uid {uid})" if uid else "") + f": it {now}")
+        return record
+
+    def recreate(self, namespace: str, name: str, uid: str | None = None) -> PodRecord:
+        """Replace the pod as its ReplicaSet would after a delete: remove it, then run the same
+        manifest again under a new uid (new sandbox, new CNI ADD). With ``uid`` only that pod is
+        replaced (a precondition, as Kubernetes' DeleteOptions); PodPreconditionError otherwise."""
+        record = self._expect(namespace, name, uid)
+        manifest = json.loads(json.dumps(record.manifest))
+        metadata = manifest.get("metadata") or {}
+        for key in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"):
+            metadata.pop(key, None)
+        self.remove(namespace, name)
+        return self.run(manifest, f"<pod {namespace}/{name}>")
+
+    def set_label(self, namespace: str, name: str, key: str, value: str, uid: str | None = None) -> PodRecord:
+        """Set one label on the pod (its containers keep running); with ``uid``, only on that pod."""
+        record = self._expect(namespace, name, uid)
+        updated = self.store.set_label(record.uid, key, value)
+        if updated is None:
+            raise PodPreconditionError(f"pod {namespace}/{name} (uid {record.uid}): it is gone")
+        return updated
 
     def log_path(self, record: PodRecord, container: str | None, previous: bool = False) -> str:
         pod = parse_pod(record.manifest)
