@@ -294,3 +294,27 @@ def connect(kubeconfig: str = "", **kwargs: Any) -> KubePods:
     else:
         config.load_kube_config(config_file=kubeconfig or None)  # type: ignore[no-untyped-call]
     return KubePods(k8s.CoreV1Api(), **kwargs)
+
+
+class PodLookup:
+    """The node agent's pod lookup through the API (``PodSource``): the pods this node's backend
+    has seen in its watch, else one GET. None for a pod that does not exist (yet)."""
+
+    def __init__(self, pods: KubePods) -> None:
+        self.pods = pods
+
+    def get(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        for pod in list(self.pods._known.values()):
+            meta = pod.get("metadata") or {}
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                return pod
+        try:
+            resp = self.pods.core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                                      _request_timeout=self.pods.request_timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        doc = json.loads(resp.data)
+        _drain(resp)
+        return doc if isinstance(doc, dict) else None
