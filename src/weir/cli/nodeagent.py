@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 from typing import Any
 
+from weir.cli import _logging
 from weir.cli._common import Parser, UsageError
 from weir.nodeagent.agent import config_from, serve
 from weir.nodeagent.settings import ConfigError
@@ -42,6 +42,7 @@ _FLAGS = (
     ("--monitoring-port", "Prometheus metrics port (MONITORING_PORT; default 15014)"),
     ("--readiness-port", "health port for /healthz and /readyz (WEIR_READINESS_PORT; default 8000)"),
     ("--listen-address", "address of the metrics and health servers (WEIR_LISTEN_ADDRESS; default 0.0.0.0)"),
+    ("--log-format", "json | text | auto (WEIR_LOG_FORMAT; default auto: text on a terminal, else JSON lines)"),
 )
 
 
@@ -96,7 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         backend = kube.connect(node_name=config.repair.node_name, label_selector=config.repair.label_selector_text,
                                field_selector=config.repair.field_selector_text)
         pods = kube.PodLookup(backend)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log_format = flags.get("log_format") or os.environ.get("WEIR_LOG_FORMAT", "auto")
+    if log_format not in ("json", "text", "auto"):
+        raise UsageError(f"--log-format: invalid value {log_format!r}: expected json, text or auto")
+    _logging.setup(log_format)
     try:
         asyncio.run(serve(config, pods=pods, repair_backend=backend))
     except OSError as exc:  # a port or socket that cannot be bound

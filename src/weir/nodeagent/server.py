@@ -95,7 +95,7 @@ class PluginEventServer:
             if isinstance(entry, dict):
                 level = _LEVELS.get(str(entry.get("level", "info")).lower(), logging.INFO)
                 fields = {k: v for k, v in entry.items() if k not in ("level", "msg")}
-                plugin_log.log(level, "%s %s", entry.get("msg", ""), json.dumps(fields, sort_keys=True))
+                plugin_log.log(level, "%s", entry.get("msg", ""), extra={"fields": fields})
         return 204, None
 
     # ---- HTTP -------------------------------------------------------------------------------------
