@@ -32,6 +32,8 @@ _FLAGS = (
     ("--pods-dir", "directory of Pod manifests to look pods up in (WEIR_PODS_DIR)"),
     ("--runtime-db", "the embedded runtime's pod database (WEIR_RUNTIME_DB)"),
     ("--exclude-namespaces", "namespaces never captured, comma-separated (EXCLUDE_NAMESPACES)"),
+    ("--fail-open-namespaces", "namespaces whose pods start uncaptured while the agent is down "
+     "(WEIR_FAIL_OPEN_NAMESPACES)"),
     ("--pod-namespace", "the agent's own namespace (POD_NAMESPACE)"),
     ("--native-nftables", "program native nftables (NATIVE_NFTABLES)"),
     ("--log-level", "the plugin's log level (CNI_PLUGIN_LOG_LEVEL)"),
@@ -76,9 +78,12 @@ def _node_defaults(flags: dict[str, Any]) -> tuple[PodSource | None, PodBackend 
         node = load_node(root)
     except NodeError as exc:
         raise UsageError(str(exc)) from None
-    for key, value in (("run_dir", node.run_dir), ("cni_conf_dir", node.conf_dir), ("cni_bin_dir", node.bin_dir),
-                       ("runtime_db", node.db)):
-        if flags.get(key) is None:
+    for key, value, var in (("run_dir", node.run_dir, "CNI_AGENT_RUN_DIR"),
+                            ("cni_conf_dir", node.conf_dir, "MOUNTED_CNI_NET_DIR"),
+                            ("cni_bin_dir", node.bin_dir, "CNI_BIN_DIR"), ("runtime_db", node.db, "WEIR_RUNTIME_DB"),
+                            ("exclude_namespaces", ",".join(node.exclude_namespaces), "EXCLUDE_NAMESPACES"),
+                            ("fail_open_namespaces", ",".join(node.fail_open_namespaces), "WEIR_FAIL_OPEN_NAMESPACES")):
+        if flags.get(key) is None and var not in os.environ:
             flags[key] = value
     interval = RepairConfig.from_source(Source(flags, os.environ)).poll_interval
     return StorePods(node.db), RuntimePods(Runtime(node), interval), interval

@@ -199,7 +199,12 @@ async def serve(config: AgentConfig, *, pods: PodSource | None = None, repair_ba
     if config.repair.mode is not None and repair_backend is not None:
         controller = RepairController(repair_backend, config.repair, CaptureRepair(service),
                                       counts=RepairCounts(metrics.repair))
-        controller.start()
+        if installer is not None:
+            # Repair only once the plugin is in the chain: a pod deleted before then would come back uncaptured.
+            while not stop.is_set() and not await asyncio.to_thread(installer.wait_ready, 0.5):
+                pass
+        if not stop.is_set():
+            controller.start()
     log.info("node agent running (run dir %s, repair %s)", config.run_dir,
              config.repair.mode.value if config.repair.mode and controller else "off")
     try:

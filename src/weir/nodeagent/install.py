@@ -86,8 +86,10 @@ class PluginEntry:
     ambient_enabled: bool = False
     enablement_selectors: tuple[Mapping[str, Any], ...] = ()
     enable_ambient_detection_retry: bool = False
+    fail_open_namespaces: tuple[str, ...] = ()  # weir's own key, written only when set
 
     def to_object(self, plugin_type: str) -> dict[str, Any]:
+        extra = {"fail_open_namespaces": list(self.fail_open_namespaces)} if self.fail_open_namespaces else {}
         return {
             "cniVersion": ENTRY_VERSION, "name": plugin_type, "type": plugin_type,
             "ipam": {}, "dns": {},  # Go does not omit empty structs
@@ -97,6 +99,7 @@ class PluginEntry:
             "exclude_namespaces": list(self.exclude_namespaces) or None,
             "pod_namespace": self.pod_namespace, "native_nftables": self.native_nftables,
             "enable_ambient_detection_retry": self.enable_ambient_detection_retry,
+            **extra,
         }
 
 
@@ -131,6 +134,7 @@ class InstallConfig:
     skip_tls_verify: bool = False
     service_account_dir: str = DEFAULT_SERVICE_ACCOUNT_DIR
     exclude_namespaces: tuple[str, ...] = ()
+    fail_open_namespaces: tuple[str, ...] = ()
     pod_namespace: str = ""
     plugin_log_level: str = "info"
     native_nftables: bool = False
@@ -156,7 +160,7 @@ class InstallConfig:
     def entry(self) -> PluginEntry:
         return PluginEntry(plugin_log_level=self.plugin_log_level, cni_agent_run_dir=self.run_dir,
                            exclude_namespaces=self.exclude_namespaces, pod_namespace=self.pod_namespace,
-                           native_nftables=self.native_nftables)
+                           native_nftables=self.native_nftables, fail_open_namespaces=self.fail_open_namespaces)
 
     @classmethod
     def from_source(cls, src: Source) -> InstallConfig:
@@ -206,6 +210,7 @@ class InstallConfig:
             service_account_dir=src.path("service-account-dir", "WEIR_SERVICE_ACCOUNT_DIR",
                                          DEFAULT_SERVICE_ACCOUNT_DIR),
             exclude_namespaces=tuple(dict.fromkeys(src.names("exclude-namespaces", "EXCLUDE_NAMESPACES"))),
+            fail_open_namespaces=tuple(dict.fromkeys(src.names("fail-open-namespaces", "WEIR_FAIL_OPEN_NAMESPACES"))),
             pod_namespace=src.text("pod-namespace", "POD_NAMESPACE").strip(),
             plugin_log_level=level.strip().lower(),
             native_nftables=src.boolean("native-nftables", "NATIVE_NFTABLES", False),
