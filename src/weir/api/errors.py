@@ -4,7 +4,8 @@ A parser reports every problem it finds, in the order it finds them, and raises 
 end: a user who fixes a manifest sees all its mistakes in one go. Each problem is a
 :class:`ManifestError` whose ``str`` is a single line naming the source, the JSON path and
 what is wrong, e.g. ``pod.yaml: spec.containers[1].comand: unknown field (did you mean
-"command"?)``.
+"command"?)``. Problems found by :mod:`weir.api.load` in a multi-document file also name the
+document (counted from 0, as the decoder yields them): ``mesh.yaml: document 2: spec.hosts: ...``.
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ class ManifestError(ValueError):
 
     When a parser found several problems it raises the first, with all of them (each a
     one-line ``ManifestError``) in ``errors``; ``str`` then says how many more there are.
+    ``document`` is the index of the document in a multi-document source, or ``None``.
     """
 
     def __init__(self, path: str, message: str, source: str = "<manifest>",
-                 errors: tuple[ManifestError, ...] = ()) -> None:
+                 errors: tuple[ManifestError, ...] = (), *, document: int | None = None) -> None:
         self.path = path
         self.message = message
         self.source = source
+        self.document = document
         self.errors: tuple[ManifestError, ...] = errors or (self,)
         super().__init__(path, message)
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.path}: " if self.path else f"{self.source}: "
+        where = self.source if self.document is None else f"{self.source}: document {self.document}"
+        where = f"{where}: {self.path}: " if self.path else f"{where}: "
         more = len(self.errors) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
         return f"{where}{self.message}{suffix}"

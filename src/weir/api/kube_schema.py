@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from weir.api.errors import Problems, field_path, item_path, quoted, show
@@ -58,18 +58,31 @@ class Opaque:
 
 
 @dataclass(frozen=True)
+class Checked:
+    """A value of ``base`` that must also pass ``check``, which returns the problem or ``None``.
+
+    ``check`` runs only when ``base`` accepted the value (a duration string, a port number).
+    """
+
+    base: Kind
+    check: Callable[[object], str | None]
+
+
+@dataclass(frozen=True)
 class Obj:
-    """A Kubernetes object type: its name (for messages) and its fields."""
+    """An object type: its name and its fields; ``api`` says whose type it is, in messages."""
 
     name: str
     fields: Mapping[str, Kind]
+    api: str = "a Kubernetes v1"
 
 
-Kind = Scalar | Enum | IntOrString | Quantity | ListOf | MapOf | Opaque | Obj
+Kind = Scalar | Enum | IntOrString | Quantity | ListOf | MapOf | Opaque | Checked | Obj
 
 STRING = Scalar("string")
 INTEGER = Scalar("integer")
 BOOLEAN = Scalar("boolean")
+NUMBER = Scalar("number")
 OPAQUE = Opaque()
 STRINGS = ListOf(STRING)
 STRING_MAP = MapOf(STRING)
@@ -366,6 +379,12 @@ def check(value: object, kind: Kind, path: str, problems: Problems) -> None:
                 problems.add(item_path(path, index), "expected a value, got null")
             else:
                 check(item, kind.item, item_path(path, index), problems)
+    elif isinstance(kind, Checked):
+        before = len(problems.items)
+        check(value, kind.base, path, problems)
+        problem = kind.check(value) if len(problems.items) == before else None
+        if problem:
+            problems.add(path, problem)
     elif isinstance(kind, MapOf):
         if not isinstance(value, dict):
             _wrong(problems, path, "a mapping", value)
@@ -396,7 +415,7 @@ def check_object(value: object, kind: Obj, path: str, problems: Problems) -> Non
                 problems.suggested.add(field_path(path, suggestion))
                 problems.add(field_path(path, key), f'unknown field (did you mean "{suggestion}"?)')
             else:
-                problems.add(field_path(path, key), f"unknown field (not a field of a Kubernetes v1 {kind.name})")
+                problems.add(field_path(path, key), f"unknown field (not a field of {kind.api} {kind.name})")
         else:
             check(item, field_kind, field_path(path, key), problems)
 

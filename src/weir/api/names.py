@@ -16,6 +16,7 @@ PORT_NAME_MAX = 15
 ANNOTATIONS_MAX_BYTES = 256 * 1024
 
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 _PORT_NAME = re.compile(r"[-a-z0-9]+")
@@ -27,6 +28,16 @@ def dns1123_label(value: str) -> str | None:
     if not _DNS1123_LABEL.fullmatch(value):
         return ("must be a lowercase RFC 1123 label: lower case alphanumeric characters or '-', "
                 "starting and ending with an alphanumeric character (e.g. 'my-name')")
+    return None
+
+
+def dns1035_label(value: str) -> str | None:
+    """A Service name: a DNS-1123 label that starts with a letter."""
+    if len(value) > DNS1123_LABEL_MAX:
+        return f"must be no more than {DNS1123_LABEL_MAX} characters"
+    if not _DNS1035_LABEL.fullmatch(value):
+        return ("must be a lowercase RFC 1035 label: lower case alphanumeric characters or '-', "
+                "starting with a letter and ending with an alphanumeric character (e.g. 'my-name')")
     return None
 
 

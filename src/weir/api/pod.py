@@ -7,6 +7,7 @@ One import for callers; the parts live in ``pod_model`` (frozen dataclasses), ``
 from __future__ import annotations
 
 from weir.api.errors import ManifestError
+from weir.api.meta import ObjectMeta
 from weir.api.pod_model import (
     Capabilities,
     Container,
@@ -14,7 +15,6 @@ from weir.api.pod_model import (
     EnvVar,
     EnvVarSource,
     FieldRef,
-    ObjectMeta,
     Pod,
     PodSecurityContext,
     PodSpec,

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from weir.api.meta import ObjectMeta
+
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 TerminationMessagePolicy = Literal["File", "FallbackToLogsOnError"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-DEFAULT_NAMESPACE = "default"
 DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS = 30
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 DEFAULT_SERVICE_ACCOUNT = "default"
@@ -37,18 +38,6 @@ BYTE_RESOURCES = ("limits.memory", "requests.memory", "limits.ephemeral-storage"
 
 def _frozen_map() -> Mapping[str, str]:
     return MappingProxyType({})
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectMeta:
-    name: str
-    namespace: str = DEFAULT_NAMESPACE
-    uid: str = ""
-    """Empty until the runtime assigns one."""
-    labels: Mapping[str, str] = field(default_factory=_frozen_map)
-    annotations: Mapping[str, str] = field(default_factory=_frozen_map)
-    generate_name: str = ""
-    """When ``name`` is empty, the runtime names the pod this prefix plus a random suffix."""
 
 
 @dataclass(frozen=True)

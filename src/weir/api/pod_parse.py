@@ -11,16 +11,16 @@ from __future__ import annotations
 import copy
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from weir.api import kube_schema as ks
 from weir.api import names
 from weir.api.errors import Problems, field_path, item_path, quoted, show
+from weir.api.meta import Header, check_header, parse_metadata
 from weir.api.pod_model import (
     BYTE_RESOURCES,
     CPU_RESOURCES,
-    DEFAULT_NAMESPACE,
     DEFAULT_SERVICE_ACCOUNT,
     DEFAULT_TERMINATION_GRACE_PERIOD_SECONDS,
     DEFAULT_TERMINATION_MESSAGE_PATH,
@@ -32,7 +32,6 @@ from weir.api.pod_model import (
     EnvVar,
     EnvVarSource,
     FieldRef,
-    ObjectMeta,
     Pod,
     PodSecurityContext,
     PodSpec,
@@ -44,8 +43,18 @@ from weir.api.pod_model import (
     Sysctl,
     TerminationMessagePolicy,
 )
+from weir.api.read import Doc
+from weir.api.read import absent as _absent
+from weir.api.read import boolean as _bool
+from weir.api.read import integer as _int
+from weir.api.read import invalid as _invalid
+from weir.api.read import mapping as _obj
+from weir.api.read import mappings as _objs
+from weir.api.read import present as _present
+from weir.api.read import string as _str
+from weir.api.read import strings as _strs
 
-Doc = Mapping[str, object]
+POD = Header("Pod", ("v1",), ks.POD, note=" (the embedded runtime runs core v1 Pods)")
 
 NO_ENTRYPOINT = "required (the embedded runtime has no image to take an entrypoint from)"
 HOST_NETWORK = "hostNetwork pods are not supported by the embedded runtime"
@@ -71,10 +80,10 @@ def parse_pod(doc: object, source: str = "<pod>") -> Pod:
     problems = Problems(source)
     if not isinstance(doc, dict):
         problems.fail("", f"expected a Pod manifest (a mapping), got {show(doc)}")
-    _header(doc, problems)
+    check_header(doc, POD, problems)
     problems.raise_if_any()  # a Deployment or a v2 object would only add noise below
     ks.check_object(doc, ks.POD, "", problems)
-    metadata = _metadata(doc, problems)
+    metadata = parse_metadata(doc, problems, POD, generate_name=True)
     spec = _pod_spec(doc, problems)
     problems.raise_if_any()
     pod = Pod(metadata=metadata, spec=spec, raw=copy.deepcopy(doc))
@@ -84,56 +93,6 @@ def parse_pod(doc: object, source: str = "<pod>") -> Pod:
 
 
 # --- reading values the schema pass accepted ----------------------------------------------
-
-
-def _present(doc: Doc, key: str) -> bool:
-    return doc.get(key) is not None
-
-
-def _absent(doc: Doc, key: str) -> bool:
-    """Unset, ``null`` or empty: a missing required value (a wrong type was reported already)."""
-    return doc.get(key) in (None, "", [], {})
-
-
-def _str(doc: Doc, key: str, default: str = "") -> str:
-    value = doc.get(key)
-    return value if isinstance(value, str) else default
-
-
-def _int(doc: Doc, key: str) -> int | None:
-    value = doc.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _bool(doc: Doc, key: str) -> bool | None:
-    value = doc.get(key)
-    return value if isinstance(value, bool) else None
-
-
-def _strs(doc: Doc, key: str) -> tuple[str, ...]:
-    value = doc.get(key)
-    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
-
-
-def _obj(doc: Doc, key: str) -> Doc:
-    value = doc.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _objs(doc: Doc, key: str, path: str) -> Iterator[tuple[str, Doc]]:
-    """``(path, item)`` for each mapping in the list ``doc[key]``."""
-    value = doc.get(key)
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            if isinstance(item, dict):
-                yield item_path(field_path(path, key), index), item
-
-
-def _string_map(doc: Doc, key: str) -> dict[str, str]:
-    value = doc.get(key)
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _quantity_map(doc: Doc, key: str) -> Mapping[str, str]:
@@ -152,10 +111,6 @@ def _quantity(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _invalid(problems: Problems, path: str, value: str, problem: str) -> None:
-    problems.add(path, f"invalid value {quoted(value)}: {problem}")
-
-
 def _id(doc: Doc, key: str, path: str, problems: Problems) -> int | None:
     value = _int(doc, key)
     if value is not None and not 0 <= value <= MAX_ID:
@@ -165,61 +120,6 @@ def _id(doc: Doc, key: str, path: str, problems: Problems) -> int | None:
 
 
 # --- the object ----------------------------------------------------------------------------
-
-
-def _header(doc: Doc, problems: Problems) -> None:
-    for key, want in (("apiVersion", "v1"), ("kind", "Pod")):
-        value = doc.get(key)
-        misspelt = [k for k in doc if isinstance(k, str) and k not in ks.POD.fields
-                    and ks.closest_field(k, ks.POD) == key]
-        if value is None and misspelt:
-            problems.add(field_path("", misspelt[0]), f'unknown field (did you mean "{key}"?)')
-        elif value is None:
-            problems.missing(key, f'required ("{want}")')
-        elif value != want:
-            problems.add(key, f'expected "{want}", got {show(value)} (the embedded runtime runs core v1 Pods)')
-
-
-def _metadata(doc: Doc, problems: Problems) -> ObjectMeta:
-    path = "metadata"
-    if not _present(doc, path):
-        problems.missing(path, "required (a Pod needs metadata.name)")
-    meta = _obj(doc, path)
-    name = _str(meta, "name")
-    generate_name = _str(meta, "generateName")
-    if name:
-        problem = names.dns1123_subdomain(name)
-        if problem:
-            _invalid(problems, "metadata.name", name, problem)
-    elif generate_name:
-        problem = names.generate_name_prefix(generate_name)
-        if problem:
-            _invalid(problems, "metadata.generateName", generate_name, problem)
-    elif _absent(meta, "name") and _absent(meta, "generateName") and isinstance(doc.get(path), dict):
-        problems.missing("metadata.name", "required (or metadata.generateName)")
-    namespace = _str(meta, "namespace") or DEFAULT_NAMESPACE
-    problem = names.dns1123_label(namespace)
-    if problem:
-        _invalid(problems, "metadata.namespace", namespace, problem)
-    labels = _string_map(meta, "labels")
-    for key, value in labels.items():
-        problem = names.qualified_name(key)
-        if problem:
-            problems.add("metadata.labels", f"invalid key {quoted(key)}: {problem}")
-        problem = names.label_value(value)
-        if problem:
-            _invalid(problems, field_path("metadata.labels", key), value, problem)
-    annotations = _string_map(meta, "annotations")
-    for key in annotations:
-        problem = names.qualified_name(key.lower())
-        if problem:
-            problems.add("metadata.annotations", f"invalid key {quoted(key)}: {problem}")
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
-    if size > names.ANNOTATIONS_MAX_BYTES:
-        problems.add("metadata.annotations", f"too long: {size} bytes, at most {names.ANNOTATIONS_MAX_BYTES}")
-    return ObjectMeta(name=name, namespace=namespace, uid=_str(meta, "uid"),
-                      labels=MappingProxyType(labels), annotations=MappingProxyType(annotations),
-                      generate_name=generate_name)
 
 
 def _pod_spec(doc: Doc, problems: Problems) -> PodSpec:

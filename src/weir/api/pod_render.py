@@ -14,13 +14,13 @@ import dataclasses
 from typing import Any
 
 from weir.api.errors import ManifestError
+from weir.api.meta import ObjectMeta
 from weir.api.pod_model import (
     DEFAULT_TERMINATION_MESSAGE_PATH,
     Container,
     ContainerPort,
     EnvVar,
     FieldRef,
-    ObjectMeta,
     Pod,
     PodSecurityContext,
     PodSpec,
