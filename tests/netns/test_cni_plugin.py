@@ -444,8 +444,8 @@ def test_plugin_logs_reach_the_agent_or_the_log_file(lab: Lab, caplog: pytest.Lo
     with caplog.at_level("INFO", logger="weir.cni-plugin"):
         result = net.add(rt)
     plugin_records = [r for r in caplog.records if r.name == "weir.cni-plugin"]
-    assert any(r.getMessage().startswith("ADD ") and f"{NS}/hello" in r.getMessage() for r in plugin_records), \
-        [r.getMessage() for r in plugin_records]
+    assert any(r.getMessage() == "ADD" and getattr(r, "fields", {}).get("pod") == f"{NS}/hello"
+               for r in plugin_records), [(r.getMessage(), getattr(r, "fields", None)) for r in plugin_records]
     assert not lab.log_file.exists()
 
     lab.agent.stop()
