@@ -8,16 +8,16 @@ handing it to Envoy, and sleeps until :func:`rotation_time`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from weir.api.spiffe import SpiffeId, SpiffeIdError
+from weir.pki import find_issuer
 
 DEFAULT_GRACE_PERIOD_RATIO: Final = 0.5
 """Rotate once this fraction of the lifetime remains: Istio's ``SECRET_GRACE_PERIOD_RATIO``."""
@@ -75,13 +75,13 @@ def verify_chain(cert_pem: bytes, chain_pem: bytes, roots_pem: bytes, now: datet
     while True:
         current = path[-1]
         below = len(path) - 1  # intermediates between this issuer and the leaf
-        anchor, root_named = _find_issuer(current, roots)
+        anchor, root_named = find_issuer(current, roots)
         if anchor is not None:
             _check_issuer(anchor, now, below, "root")
             return identity
         if len(path) > MAX_CHAIN_DEPTH:
             raise ChainError(f"the chain is longer than {MAX_CHAIN_DEPTH} certificates")
-        parent, pool_named = _find_issuer(current, [c for c in pool if c not in path])
+        parent, pool_named = find_issuer(current, [c for c in pool if c not in path])
         if parent is None:
             if root_named or pool_named:
                 raise ChainError(f"the signature on {_name(current.subject)} does not verify with the key of "
@@ -156,19 +156,6 @@ def _check_time(cert: x509.Certificate, now: datetime, who: str) -> None:
         raise ChainError(f"{who} is not valid before {cert.not_valid_before_utc.isoformat()}")
     if now > cert.not_valid_after_utc:
         raise ChainError(f"{who} expired at {cert.not_valid_after_utc.isoformat()}")
-
-
-def _find_issuer(child: x509.Certificate,
-                 candidates: Iterable[x509.Certificate]) -> tuple[x509.Certificate | None, bool]:
-    """The candidate whose key signed ``child``, and whether any candidate bore the issuer's name."""
-    named = [c for c in candidates if c.subject == child.issuer]
-    for candidate in named:
-        try:
-            child.verify_directly_issued_by(candidate)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-            continue
-        return candidate, True
-    return None, bool(named)
 
 
 def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints:

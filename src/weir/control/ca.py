@@ -22,20 +22,21 @@ import contextlib
 import os
 import secrets
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal, get_args
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from weir.api.spiffe import SpiffeId, trust_domain_problem
+from weir.pki import find_issuer
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware datetime (UTC)."""
@@ -215,10 +216,10 @@ class CertificateAuthority:
         chain = [signer]
         while True:
             current = chain[-1]
-            anchor, root_named = _find_issuer(current, roots)
+            anchor, root_named = find_issuer(current, roots)
             if anchor is not None:
                 break
-            parent, pool_named = _find_issuer(current, [c for c in pool if c not in chain])
+            parent, pool_named = find_issuer(current, [c for c in pool if c not in chain])
             if parent is None:
                 if root_named or pool_named:
                     raise fail(CA_CERT if len(chain) == 1 else CERT_CHAIN,
@@ -423,19 +424,6 @@ def _check_signer(cert: x509.Certificate, now: datetime, file: str, fail: Fail) 
         raise fail(file, f"{who} is not valid before {cert.not_valid_before_utc.isoformat()}")
     if now > cert.not_valid_after_utc:
         raise fail(file, f"{who} expired at {cert.not_valid_after_utc.isoformat()}")
-
-
-def _find_issuer(child: x509.Certificate,
-                 candidates: Iterable[x509.Certificate]) -> tuple[x509.Certificate | None, bool]:
-    """The candidate whose key signed ``child``, and whether any candidate bore the issuer's name."""
-    named = [c for c in candidates if c.subject == child.issuer]
-    for candidate in named:
-        try:
-            child.verify_directly_issued_by(candidate)
-        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-            continue
-        return candidate, True
-    return None, bool(named)
 
 
 # -- small helpers -----------------------------------------------------------------------------
