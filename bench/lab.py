@@ -190,7 +190,9 @@ class Lab:
         """``python -m weir node-agent run`` inside the node namespace; waits until its socket
         answers STATUS, or raises with the agent's log."""
         argv = ["ip", "netns", "exec", self.node_name, sys.executable, "-m", "weir", "node-agent", "run",
-                "--run-dir", str(self.run_dir), "--pods-dir", str(self.pods_dir)]
+                "--run-dir", str(self.run_dir), "--pods-dir", str(self.pods_dir),
+                # only the plugin's events are measured: no CNI install into the machine's dirs
+                "--install-cni", "false", "--listen-address", "127.0.0.1"]
         with open(self.agent_log, "wb") as log:
             self.agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)  # Ctrl-C reaches us; we stop it in order

