@@ -211,7 +211,7 @@ def test_sotw_protocol_ack_nack_push_and_stop() -> None:
                 # stop: the stream ends with OK, promptly
                 started = time.monotonic()
                 await server.stop(grace=5)
-                assert time.monotonic() - started < 2
+                assert time.monotonic() - started < 4, "streams end at once, not after the 5 s grace"
                 assert await client.call.code() == grpc.StatusCode.OK
                 assert server.status() == ()
         finally:

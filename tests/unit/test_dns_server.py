@@ -236,7 +236,7 @@ def test_a_silent_upstream_is_servfail(start_proxy: StartProxy) -> None:
         began = time.monotonic()
         reply = query("example.org", "A", proxy.address, timeout=5)
         assert reply.header.rcode == Rcode.SERVFAIL
-        assert time.monotonic() - began < 2
+        assert time.monotonic() - began < 4, "the proxy's 0.2 s upstream timeout applied, not the client's 5 s"
         assert silent.count() == 1
         assert proxy.stats.upstream_failures == 1
     finally:

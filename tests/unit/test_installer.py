@@ -599,7 +599,7 @@ def test_waits_for_a_primary(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(NoPrimaryConfig):
         installer.install_all(timeout=0.2)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0, "install_all gave up after its timeout"
     threading.Timer(0.2, lambda: node.write("10-calico.conflist", CALICO)).start()
     assert installer.install_all(timeout=5) == str(node.conf / "10-calico.conflist")
 
