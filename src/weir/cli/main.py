@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from weir.cli import capture, demo, install, nodeagent, pods
+from weir.cli import capture, control, demo, install, nodeagent, pods, proxyagent
 from weir.cli._common import EXIT_USAGE, Parser, UsageError
 
 
@@ -18,10 +18,12 @@ def build_parser() -> Parser:
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", parser_class=Parser)
     groups.required = True
     capture.register(groups)
+    control.register(groups)
     demo.register(groups)
     install.register(groups)
     nodeagent.register(groups)
     pods.register(groups)
+    proxyagent.register(groups)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""``weir proxy-agent``: run the sidecar agent (Istio's pilot-agent) next to a workload.
+
+Run it inside the pod's network namespace: it serves SDS on a UNIX socket, the DNS proxy on
+``127.0.0.1:15053``, the status server on ``:15020``, and runs Envoy as uid 1337 until SIGTERM.
+Certificates are signed in-process with a local ``cacerts`` directory for now (``--ca-dir``);
+the CSR service over the network comes later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from datetime import timedelta
+from typing import Any
+
+from weir.agent.envoy import EnvoyError
+from weir.agent.proxy import ConfigError, ProxyConfig, config_from, serve
+from weir.agent.secrets import Issued, Signer
+from weir.cli import _logging
+from weir.cli._common import Parser, UsageError
+from weir.control.ca import CacertsError, CertificateAuthority
+
+WORKLOAD_TTL = timedelta(hours=24)
+"""Istio's default workload certificate lifetime (``SECRET_TTL``)."""
+
+# (flag, help) — every flag also reads the environment name shown in the help.
+_FLAGS = (
+    ("--pod-name", "the pod's name (POD_NAME; required)"),
+    ("--pod-namespace", "the pod's namespace (POD_NAMESPACE; required)"),
+    ("--instance-ip", "the pod's IPs, comma-separated (INSTANCE_IP; required)"),
+    ("--service-account", "the pod's service account (SERVICE_ACCOUNT; default 'default')"),
+    ("--trust-domain", "the mesh's trust domain (TRUST_DOMAIN; default cluster.local)"),
+    ("--xds-address", "the control plane's ADS address, host:port or unix:///path "
+     "(XDS_ADDRESS; default istiod.istio-system.svc:15010)"),
+    ("--ca-dir", "a cacerts directory to sign workload certificates with (WEIR_CA_DIR; required for now)"),
+    ("--config-dir", "where the bootstrap and Envoy's log go (WEIR_PROXY_CONFIG_DIR; default /etc/istio/proxy)"),
+    ("--sds-socket", "the SDS socket (WEIR_SDS_SOCKET; default /var/run/secrets/workload-spiffe-uds/socket)"),
+    ("--dns-table", "a JSON name table for the DNS proxy (WEIR_DNS_TABLE)"),
+    ("--dns-address", "the DNS proxy's address (WEIR_DNS_ADDRESS; default 127.0.0.1:15053)"),
+    ("--status-address", "the status server's address (WEIR_STATUS_ADDRESS; default 127.0.0.1:15020)"),
+    ("--drain-duration", "seconds Envoy drains on SIGTERM (TERMINATION_DRAIN_DURATION_SECONDS; default 5)"),
+    ("--concurrency", "Envoy's worker threads (WEIR_PROXY_CONCURRENCY; default 2)"),
+    ("--log-level", "Envoy's log level (WEIR_PROXY_LOG_LEVEL; default warning)"),
+    ("--log-format", "json | text | auto (WEIR_LOG_FORMAT; default auto)"),
+)
+
+
+def register(groups: Any) -> None:
+    parser = groups.add_parser("proxy-agent", help="the sidecar agent: Envoy, SDS, DNS proxy, status",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
+    verbs.required = True
+    run = verbs.add_parser("run", help="run until SIGTERM", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag, text in _FLAGS:
+        run.add_argument(flag, help=text)
+    run.set_defaults(func=cmd_run)
+
+
+def local_signer(config: ProxyConfig) -> Signer:
+    """Sign CSRs for the workload's identity with the cacerts directory of ``config``."""
+    if config.ca_dir is None:
+        raise UsageError("--ca-dir (WEIR_CA_DIR): required (the CSR service over the network is not there yet)")
+    try:
+        ca = CertificateAuthority.from_cacerts(config.ca_dir, trust_domain=config.trust_domain)
+    except (CacertsError, ValueError) as exc:
+        raise UsageError(f"--ca-dir: {exc}") from None
+    identity = config.identity
+
+    def sign(csr_pem: bytes) -> Issued:
+        return ca.sign(csr_pem, identity=identity, ttl=WORKLOAD_TTL)
+    return sign
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "group", "verb", "log_format")}
+    try:
+        config = config_from(flags, os.environ)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    sign = local_signer(config)
+    log_format = args.log_format or os.environ.get("WEIR_LOG_FORMAT", "auto")
+    if log_format not in ("json", "text", "auto"):
+        raise UsageError(f"--log-format: invalid value {log_format!r}: expected json, text or auto")
+    _logging.setup(log_format)
+    try:
+        asyncio.run(serve(config, sign))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    except (OSError, EnvoyError) as exc:  # a port or socket that cannot be bound, Envoy that cannot start
+        print(f"weir proxy-agent: {exc}")
+        return 1
+    return 0

@@ -1,0 +1,185 @@
+"""The control-plane process (istiod's core): config store + runtime pods -> registry -> ADS push.
+
+:class:`ControlPlane` reads the resources of the :class:`~weir.control.store.ConfigStore` and,
+in embedded mode, the running pods of the runtime's :class:`~weir.platform.local.PodStore`
+(those with a ``status.podIP``; a pod there wins over one of the same name in the store),
+builds a :class:`~weir.control.registry.Snapshot` and its registry, and serves them over ADS.
+What each sidecar gets is :func:`compile_proxy` for the :class:`ProxyInfo` its Envoy node
+metadata describes (:func:`proxy_info`, Istio's keys as :func:`weir.agent.bootstrap.node_metadata`
+sends them).
+
+A watcher polls (every ``poll_interval`` s) the store version and the runtime pods' name, IP,
+phase and labels, and pushes a new snapshot only when they changed. Config that no longer
+loads is logged and the last good snapshot kept. :meth:`ControlPlane.status` is what
+``weir status`` will show; :meth:`ControlPlane.stop` ends the watcher and the ADS streams.
+"""
+
+from __future__ import annotations
+
+import asyncio  # noqa: TID251 - this is the control plane's driver (watcher task, ADS server)
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from weir.api.errors import ManifestError
+from weir.api.load import Resource
+from weir.api.pod_parse import parse_pod
+from weir.control.ads import AdsServer, NodeInfo, ProxyStatus
+from weir.control.compile import EnvoyResources, Options, ProxyInfo, compile_proxy
+from weir.control.registry import Registry, Snapshot, build_registry
+from weir.control.store import ConfigStore
+from weir.platform.local import PodRecord, PodStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADS_ADDRESS = "127.0.0.1:15010"
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_OPTIONS = Options()
+
+PodKey = tuple[str, str, str, str, tuple[tuple[str, str], ...]]
+"""(namespace, name, podIP, phase, sorted labels): what makes a runtime pod's endpoints change."""
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """One version of what the control plane serves."""
+
+    snapshot: Snapshot
+    registry: Registry
+    store_version: int
+
+
+@dataclass(frozen=True)
+class ControlStatus:
+    address: str
+    """The bound ADS address ("" before start)."""
+    store_version: int
+    """The store version the served config was built from (-1: none yet)."""
+    config_version: str
+    """The ADS version ("0" before the first snapshot)."""
+    services: int
+    pods: int
+    last_error: str
+    """Why the latest store contents could not be served ("" when they are)."""
+    proxies: tuple[ProxyStatus, ...]
+
+
+def proxy_info(metadata: Mapping[str, Any]) -> ProxyInfo:
+    """Istio's node metadata (``NAMESPACE``, ``NAME`` or ``POD_NAME``, ``INSTANCE_IPS``, ``LABELS``,
+    ``SERVICE_ACCOUNT``) -> the proxy to compile for. Raises ``ValueError`` without a namespace."""
+    namespace = metadata.get("NAMESPACE")
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError("node metadata has no NAMESPACE")
+    name = metadata.get("NAME") or metadata.get("POD_NAME") or ""
+    ips = metadata.get("INSTANCE_IPS") or ""
+    labels = metadata.get("LABELS") or {}
+    account = metadata.get("SERVICE_ACCOUNT") or "default"
+    return ProxyInfo(namespace=namespace, name=str(name), ip=str(ips).split(",")[0].strip(),
+                     labels=MappingProxyType({str(k): str(v) for k, v in dict(labels).items()}),
+                     service_account=str(account))
+
+
+def _pod_key(record: PodRecord) -> PodKey:
+    labels = (record.manifest.get("metadata") or {}).get("labels") or {}
+    return (record.namespace, record.name, str(record.status.get("podIP") or ""), record.phase,
+            tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+
+
+class ControlPlane:
+    """See the module docstring. ``runtime_db``: the embedded runtime's pod database, if any."""
+
+    def __init__(self, store_path: str, runtime_db: str | None = None, *, ads_address: str = DEFAULT_ADS_ADDRESS,
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, options: Options = DEFAULT_OPTIONS) -> None:
+        self.store = ConfigStore(store_path)
+        self.runtime_db = runtime_db
+        self.ads_address = ads_address
+        self.poll_interval = poll_interval
+        self.options = options
+        self.ads: AdsServer[MeshConfig] = AdsServer(self._resources_for)
+        self._address = ""
+        self._seen: tuple[int, tuple[PodKey, ...]] | None = None
+        self._config: MeshConfig | None = None
+        self._last_error = ""
+        self._watcher: asyncio.Task[None] | None = None
+
+    def _resources_for(self, node: NodeInfo, config: MeshConfig) -> EnvoyResources:
+        return compile_proxy(config.snapshot, config.registry, proxy_info(node.metadata), self.options)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Build the first snapshot, serve ADS and start the watcher; returns the bound ADS address."""
+        await self.refresh()
+        self._address = await self.ads.start(self.ads_address)
+        self._watcher = asyncio.create_task(self._watch(), name="control-watch")
+        return self._address
+
+    async def stop(self, grace: float = 5.0) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        await self.ads.stop(grace)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except Exception:  # a locked or unreadable database: try again next round
+                log.exception("control plane: cannot read the config")
+
+    # --- config ---------------------------------------------------------------------------
+
+    async def refresh(self) -> bool:
+        """Push a new snapshot if the store or the runtime's pods changed; True when one was pushed."""
+        config = await asyncio.to_thread(self._load)  # SQLite reads and compilation, off the event loop
+        if config is None:
+            return False
+        self._config = config
+        version = self.ads.set_snapshot(config)  # on the loop: it wakes the streams' pushers
+        log.info("control plane: config version %s (store version %d, %d services, %d pods)", version,
+                 config.store_version, len(config.registry.services), len(config.snapshot.pods))
+        return True
+
+    def _runtime_pods(self) -> list[PodRecord]:
+        if self.runtime_db is None:
+            return []
+        return [r for r in PodStore(self.runtime_db).pods() if not r.deleting and r.status.get("podIP")]
+
+    def _load(self) -> MeshConfig | None:
+        """A new config when the store or the pods changed since the last call, else None."""
+        store_version = self.store.version
+        records = self._runtime_pods()
+        seen = (store_version, tuple(sorted(_pod_key(r) for r in records)))
+        if seen == self._seen:
+            return None
+        self._seen = seen
+        try:
+            store_version, resources = self.store.resources()
+        except ManifestError as exc:
+            self._last_error = str(exc)
+            log.error("control plane: the config store no longer loads (serving version %s): %s",
+                      self.ads.version, exc)
+            return None
+        pods: dict[tuple[str, str], Resource] = {}
+        for record in records:
+            try:
+                pods[(record.namespace, record.name)] = parse_pod(record.as_object(), f"runtime pod {record.name}")
+            except ManifestError as exc:
+                log.warning("control plane: skipping runtime pod %s/%s: %s", record.namespace, record.name, exc)
+        from_store = [r for r in resources
+                      if not (r.kind == "Pod" and (r.metadata.namespace, r.metadata.name) in pods)]
+        snapshot = Snapshot.of([*from_store, *pods.values()])
+        self._last_error = ""
+        return MeshConfig(snapshot, build_registry(snapshot), store_version)
+
+    def status(self) -> ControlStatus:
+        config = self._config
+        return ControlStatus(address=self._address, store_version=config.store_version if config else -1,
+                             config_version=self.ads.version,
+                             services=len(config.registry.services) if config else 0,
+                             pods=len(config.snapshot.pods) if config else 0,
+                             last_error=self._last_error, proxies=self.ads.status())
