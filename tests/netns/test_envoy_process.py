@@ -23,8 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,28 +127,6 @@ class Driver:
         assert self.proc.stdin is not None
         self.proc.stdin.write(word + "\n")
         self.proc.stdin.flush()
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A directory uid 1337 can read (pytest's tmp_path sits under a 0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="weir-envoy-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def netns_name() -> Iterator[str]:
-    name = f"weir-envoy-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def write_bootstrap(workdir: Path) -> Path:

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,28 +55,6 @@ print(json.dumps({"stats": stats, "ready": ready, "rcode": int(answer.header.rco
                   "answers": [str(r.data) for r in answer.answers],
                   "tcp_answers": [str(r.data) for r in tcp.answers]}))
 """
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A directory uid 1337 can read (pytest's tmp_path sits under a 0700 directory)."""
-    path = Path(tempfile.mkdtemp(prefix="weir-proxy-agent-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def netns_name() -> Iterator[str]:
-    name = f"weir-pa-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def proc_status(pid: int) -> dict[str, str]:
