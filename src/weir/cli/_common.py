@@ -60,6 +60,14 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_document(path: str) -> Any:
     """Read one JSON or YAML document from ``path`` ('-' for stdin)."""
+    docs = load_documents(path)
+    if len(docs) > 1:
+        raise UsageError(f"{path}: expected one document, found {len(docs)}")
+    return docs[0]
+
+
+def load_documents(path: str) -> list[Any]:
+    """Read every JSON or YAML document of ``path`` ('-' for stdin); at least one."""
     try:
         if path == "-":
             text = sys.stdin.read()
@@ -73,7 +81,7 @@ def load_document(path: str) -> Any:
     stripped = text.lstrip()
     if stripped.startswith(("{", "[")):
         try:
-            return json.loads(text, object_pairs_hook=_unique_pairs)
+            return [json.loads(text, object_pairs_hook=_unique_pairs)]
         except json.JSONDecodeError as exc:
             raise UsageError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
         except _DuplicateKeyError as exc:
@@ -87,6 +95,4 @@ def load_document(path: str) -> Any:
         raise UsageError(f"{path}: invalid YAML{where}: {problem}") from None
     if not docs:
         raise UsageError(f"{path}: the file is empty")
-    if len(docs) > 1:
-        raise UsageError(f"{path}: expected one document, found {len(docs)}")
-    return docs[0]
+    return docs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from weir.cli import capture, control, demo, install, nodeagent, pods, proxyagent
+from weir.cli import capture, control, demo, install, kubeinject, nodeagent, pods, proxyagent
 from weir.cli._common import EXIT_USAGE, Parser, UsageError
 
 
@@ -23,6 +23,7 @@ def build_parser() -> Parser:
     install.register(groups)
     nodeagent.register(groups)
     pods.register(groups)
+    kubeinject.register(groups)
     proxyagent.register(groups)
     return parser
 
