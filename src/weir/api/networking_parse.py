@@ -115,15 +115,7 @@ def _ports(spec: rd.Doc, problems: Problems) -> tuple[ServiceEntryPort, ...]:
         number = rd.integer(port, "number")
         if number is None and rd.absent(port, "number"):
             problems.missing(f"{ppath}.number")
-        name = rd.string(port, "name")
-        if not name:
-            if rd.absent(port, "name"):
-                problems.missing(f"{ppath}.name", "required (endpoints and routes refer to ports by name)")
-        elif iv.label(name):
-            rd.invalid(problems, f"{ppath}.name", name, iv.label(name) or "")
-        elif name in names_seen:
-            problems.add(f"{ppath}.name", f"duplicate port name {quoted(name)}")
-        names_seen.add(name)
+        name = _unique_name(port, ppath, names_seen, problems, "port", "endpoints and routes refer to ports by name")
         if number is not None and number in numbers_seen:
             problems.add(f"{ppath}.number", f"duplicate port number {number}")
         protocol_name = rd.string(port, "protocol")
@@ -243,19 +235,25 @@ def parse_destination_rule(doc: object, source: str = "<destinationrule>") -> De
     )
 
 
+def _unique_name(item: rd.Doc, path: str, seen: set[str], problems: Problems, what: str, why: str) -> str:
+    """``item``'s required ``name``: a DNS label not in ``seen`` (added to it); ``""`` when missing."""
+    name = rd.string(item, "name")
+    if not name:
+        if rd.absent(item, "name"):
+            problems.missing(f"{path}.name", f"required ({why})")
+    elif bad := iv.label(name):
+        rd.invalid(problems, f"{path}.name", name, bad)
+    elif name in seen:
+        problems.add(f"{path}.name", f"duplicate {what} name {quoted(name)}")
+    seen.add(name)
+    return name
+
+
 def _subsets(spec: rd.Doc, problems: Problems) -> tuple[Subset, ...]:
     found: list[Subset] = []
     seen: set[str] = set()
     for spath, subset in rd.mappings(spec, "subsets", "spec"):
-        name = rd.string(subset, "name")
-        if not name:
-            if rd.absent(subset, "name"):
-                problems.missing(f"{spath}.name", "required (routes refer to subsets by name)")
-        elif iv.label(name):
-            rd.invalid(problems, f"{spath}.name", name, iv.label(name) or "")
-        elif name in seen:
-            problems.add(f"{spath}.name", f"duplicate subset name {quoted(name)}")
-        seen.add(name)
+        name = _unique_name(subset, spath, seen, problems, "subset", "routes refer to subsets by name")
         found.append(Subset(name=name, labels=ip.labels(subset, "labels", spath, problems),
                             traffic_policy=traffic_policy(subset, "trafficPolicy", spath, problems)))
     return tuple(found)
