@@ -150,6 +150,45 @@ def injected(name: str, namespace: str = "default", uid: str | None = None) -> d
                init=[validation], annotations={STATUS_ANNOTATION: json.dumps(status)}, uid=uid)
 
 
+
+# ---- the race example: examples/pods/injected.yaml started before capture -------------------
+
+EXAMPLE_POD = Path(__file__).resolve().parents[2] / "examples" / "pods" / "injected.yaml"
+
+
+def example_pod(name: str, namespace: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE_POD.read_text())
+    doc["metadata"].update(name=name, namespace=namespace)
+    return doc
+
+
+def validation(record: PodRecord) -> dict[str, Any]:
+    """The pod's ``istio-validation`` init container status."""
+    return next(dict(c) for c in record.status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
+
+
+def failed_126(status: Mapping[str, Any]) -> bool:
+    """``istio-validation`` last exited 126: the pod's traffic was not captured."""
+    entry = next(c for c in status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
+    return bool((entry.get("lastState") or {}).get("terminated", {}).get("exitCode") == 126)
+
+
+def completed_and_running(record: PodRecord) -> bool:
+    done = validation(record)["state"].get("terminated") or {}
+    return record.phase == "Running" and (done.get("exitCode"), done.get("reason")) == (0, "Completed")
+
+
+def labelled_uninitialized(record: PodRecord) -> bool:
+    """The repair controller's label-mode mark on the pod."""
+    return (record.manifest["metadata"].get("labels") or {}).get("cni.istio.io/uninitialized") == "true"
+
+
+def every_pod(node: Node, namespace: str, names: list[str], ok: Callable[[PodRecord], bool]) -> list[PodRecord] | None:
+    """Each named pod, present, not being deleted and ``ok``; None until then."""
+    records = [node.store().get(namespace, name) for name in names]
+    present = [r for r in records if r is not None and not r.deleting]
+    return present if len(present) == len(names) and all(ok(r) for r in present) else None
+
 # ---- the agent --------------------------------------------------------------------------------
 
 

@@ -33,28 +33,40 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
 import pytest
-import yaml
 
 from weir.netns import NetNS
 from weir.platform.local import PodRecord
 from weir.runtime.node import load_node
 
 from .cni_helpers import has_istio_rules, istio_rules, sh
-from .runtime_helpers import BACKOFF, NETNS_DIR, Node, netns_name, netns_names, new_tag, shim_pids, wait_for
+from .runtime_helpers import (
+    BACKOFF,
+    NETNS_DIR,
+    Node,
+    completed_and_running,
+    every_pod,
+    example_pod,
+    failed_126,
+    labelled_uninitialized,
+    netns_name,
+    netns_names,
+    new_tag,
+    shim_pids,
+    validation,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cni_plugins, pytest.mark.timeout(90)]
 
@@ -68,9 +80,7 @@ STOP_WAIT = 15.0  # SIGTERM to exit (cleanup included)
 RACE_WAIT = 30.0  # each pod's first validation failure (the example's probe times out after 5 s)
 BOUND = 40.0  # the agent's start to every pod's outcome (Istio's TestCNIRaceRepair allows 80 s)
 METRICS_WAIT = 5.0  # the counters may trail the store by an instant
-LABEL = ("cni.istio.io/uninitialized", "true")
 PLUGIN = "weir-cni"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pods" / "injected.yaml"
 MODES = {
     "repair": {"REPAIR_REPAIR_PODS": "true", "REPAIR_DELETE_PODS": "false", "REPAIR_LABEL_PODS": "false"},
     "delete": {"REPAIR_REPAIR_PODS": "false", "REPAIR_DELETE_PODS": "true", "REPAIR_LABEL_PODS": "false"},
@@ -82,17 +92,6 @@ REASONS = {"repair": "RepairedPod", "delete": "DeleteBrokenPod", "label": "Label
 _FOREIGN = ("REPAIR_", "WEIR_", "CNI_", "KUBERNETES_", "ISTIO_", "MOUNTED_CNI_NET_DIR", "CHAINED_CNI_PLUGIN",
             "EXCLUDE_NAMESPACES", "POD_NAMESPACE", "NATIVE_NFTABLES", "MONITORING_PORT", "KUBECONFIG",
             "KUBE_CA_FILE", "SKIP_TLS_VERIFY")
-
-
-@pytest.fixture
-def open_root() -> Iterator[Path]:
-    """A node root every uid can traverse (pytest's temporary directories are private to root)."""
-    root = Path(tempfile.mkdtemp(prefix="weir-race-agent-"))
-    root.chmod(0o755)
-    try:
-        yield root / "node"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- the node and its conflist ----------------------------------------------------------------
@@ -245,21 +244,6 @@ class AgentProcess:
 # ---- the pods ---------------------------------------------------------------------------------
 
 
-def manifest(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    doc["metadata"].update(name=name, namespace=NAMESPACE)
-    return doc
-
-
-def validation(record: PodRecord) -> dict[str, Any]:
-    return next(dict(c) for c in record.status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
-
-
-def failed_126(status: dict[str, Any]) -> bool:
-    entry = next(c for c in status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
-    return bool((entry.get("lastState") or {}).get("terminated", {}).get("exitCode") == 126)
-
-
 def captured(record: PodRecord) -> bool:
     """ISTIO rules in the pod's recorded network namespace (False while it has none)."""
     ns = NetNS(record.netns)
@@ -267,21 +251,6 @@ def captured(record: PodRecord) -> bool:
         return bool(record.netns) and ns.exists() and has_istio_rules(ns)
     except (RuntimeError, OSError):
         return False
-
-
-def completed_and_running(record: PodRecord) -> bool:
-    done = validation(record)["state"].get("terminated") or {}
-    return record.phase == "Running" and (done.get("exitCode"), done.get("reason")) == (0, "Completed")
-
-
-def labelled(record: PodRecord) -> bool:
-    return (record.manifest["metadata"].get("labels") or {}).get(LABEL[0]) == LABEL[1]
-
-
-def all_pods(node: Node, ok: Callable[[PodRecord], bool]) -> list[PodRecord] | None:
-    records = [node.store().get(NAMESPACE, name) for name in PODS]
-    present = [r for r in records if r is not None and not r.deleting]
-    return present if len(present) == len(PODS) and all(ok(r) for r in present) else None
 
 
 def statuses(node: Node) -> str:
@@ -298,8 +267,8 @@ def statuses(node: Node) -> str:
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_real_agent_fixes_pods_that_raced_it(open_root: Path, mode: str, capsys: pytest.CaptureFixture[str]) -> None:
-    node = make_node(open_root)
+def test_real_agent_fixes_pods_that_raced_it(workdir: Path, mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    node = make_node(workdir / "node")
     agents: list[AgentProcess] = []
     forced: list[str] = []
     try:
@@ -317,7 +286,7 @@ def test_real_agent_fixes_pods_that_raced_it(open_root: Path, mode: str, capsys:
 
         # 2: pods start without weir-cni: not captured, istio-validation exits 126.
         for name in PODS:
-            node.run(manifest(name))
+            node.run(example_pod(name, NAMESPACE))
         before: dict[str, str] = {}
         for name in PODS:
             node.wait_status(name, "istio-validation failed with 126", failed_126, NAMESPACE, RACE_WAIT)
@@ -335,10 +304,12 @@ def test_real_agent_fixes_pods_that_raced_it(open_root: Path, mode: str, capsys:
         def outcome() -> list[PodRecord] | None:
             second.check_running()
             if mode == "repair":
-                return all_pods(node, lambda r: r.uid == before[r.name] and completed_and_running(r) and captured(r))
-            if mode == "delete":
-                return all_pods(node, lambda r: r.uid != before[r.name] and completed_and_running(r) and captured(r))
-            return all_pods(node, labelled)
+                ok = lambda r: r.uid == before[r.name] and completed_and_running(r) and captured(r)  # noqa: E731
+            elif mode == "delete":
+                ok = lambda r: r.uid != before[r.name] and completed_and_running(r) and captured(r)  # noqa: E731
+            else:
+                ok = labelled_uninitialized
+            return every_pod(node, NAMESPACE, PODS, ok)
 
         try:
             done = second.wait(f"every pod {DONE[mode]}", outcome, BOUND, 0.1)

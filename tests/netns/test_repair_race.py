@@ -20,15 +20,10 @@ namespaces and shims, the node namespace, the root) is removed also when the tes
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from weir.netns import NetNS
 from weir.nodeagent.repair import RepairConfig
@@ -37,7 +32,19 @@ from weir.platform.local import PodRecord
 from weir.runtime.repairbackend import RuntimePods
 
 from .cni_helpers import has_istio_rules, istio_rules
-from .runtime_helpers import Node, make_node, netns_name, netns_names, shim_pids, wait_for
+from .runtime_helpers import (
+    completed_and_running,
+    every_pod,
+    example_pod,
+    failed_126,
+    labelled_uninitialized,
+    make_node,
+    netns_name,
+    netns_names,
+    shim_pids,
+    validation,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cni_plugins, pytest.mark.timeout(90)]
 
@@ -45,46 +52,10 @@ NAMESPACE = "race"
 PODS = [f"race-{i}" for i in range(3)]
 RACE_WAIT = 30.0  # for each pod's first validation failure (the example's probe times out after 5 s)
 BOUND = 40.0  # from the agent's start to every pod's outcome (Istio's TestCNIRaceRepair allows 80 s)
-LABEL = ("cni.istio.io/uninitialized", "true")
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pods" / "injected.yaml"
-
-
-@pytest.fixture
-def open_root() -> Iterator[Path]:
-    """A node root every uid can traverse (pytest's temporary directories are private to root)."""
-    root = Path(tempfile.mkdtemp(prefix="weir-race-"))
-    root.chmod(0o755)
-    try:
-        yield root / "node"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def manifest(name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
-    doc["metadata"].update(name=name, namespace=NAMESPACE)
-    return doc
-
-
-def validation(record: PodRecord) -> dict[str, Any]:
-    return next(dict(c) for c in record.status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
-
-
-def failed_126(status: dict[str, Any]) -> bool:
-    entry = next(c for c in status.get("initContainerStatuses", []) if c["name"] == "istio-validation")
-    return (entry.get("lastState") or {}).get("terminated", {}).get("exitCode") == 126
 
 
 def captured_and_running(record: PodRecord) -> bool:
-    done = validation(record)["state"].get("terminated") or {}
-    return (record.phase == "Running" and (done.get("exitCode"), done.get("reason")) == (0, "Completed")
-            and has_istio_rules(NetNS(record.netns)))
-
-
-def all_pods(node: Node, ok: Callable[[PodRecord], bool]) -> list[PodRecord] | None:
-    records = [node.store().get(NAMESPACE, name) for name in PODS]
-    present = [r for r in records if r is not None and not r.deleting]
-    return present if len(present) == len(PODS) and all(ok(r) for r in present) else None
+    return completed_and_running(record) and has_istio_rules(NetNS(record.netns))
 
 
 def config(mode: str) -> RepairConfig:
@@ -92,13 +63,13 @@ def config(mode: str) -> RepairConfig:
 
 
 @pytest.mark.parametrize("mode", ["repair", "delete", "label"])
-def test_pods_that_raced_the_agent_are_fixed(open_root: Path, mode: str, capsys: pytest.CaptureFixture[str]) -> None:
-    node = make_node(open_root, agent=False, fail_open=NAMESPACE)
+def test_pods_that_raced_the_agent_are_fixed(workdir: Path, mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    node = make_node(workdir / "node", agent=False, fail_open=NAMESPACE)
     controller: RepairController | None = None
     forced: list[str] = []
     try:
         for name in PODS:
-            node.run(manifest(name))
+            node.run(example_pod(name, NAMESPACE))
         before = {}
         for name in PODS:
             node.wait_status(name, "istio-validation failed with 126", failed_126, NAMESPACE, RACE_WAIT)
@@ -117,16 +88,17 @@ def test_pods_that_raced_the_agent_are_fixed(open_root: Path, mode: str, capsys:
         controller.start()
 
         if mode == "repair":
-            done = wait_for("every pod repaired in place", lambda: all_pods(node, captured_and_running), BOUND, 0.1)
+            done = wait_for("every pod repaired in place",
+                            lambda: every_pod(node, NAMESPACE, PODS, captured_and_running), BOUND, 0.1)
             assert {r.name: r.uid for r in done} == before, "the same pods"
         elif mode == "delete":
-            done = wait_for("every pod replaced, captured and running", lambda: all_pods(
-                node, lambda r: r.uid != before[r.name] and captured_and_running(r)), BOUND, 0.1)
+            done = wait_for("every pod replaced, captured and running", lambda: every_pod(
+                node, NAMESPACE, PODS, lambda r: r.uid != before[r.name] and captured_and_running(r)), BOUND, 0.1)
             assert all(validation(r)["restartCount"] == 0 for r in done), "the new pods pass at once"
             assert {netns_name(uid) for uid in before.values()} & netns_names() == set(), "old sandboxes gone"
         else:
-            done = wait_for("every pod labelled", lambda: all_pods(
-                node, lambda r: (r.manifest["metadata"].get("labels") or {}).get(LABEL[0]) == LABEL[1]), BOUND, 0.1)
+            done = wait_for("every pod labelled",
+                            lambda: every_pod(node, NAMESPACE, PODS, labelled_uninitialized), BOUND, 0.1)
             assert {r.name: r.uid for r in done} == before
             assert not any(has_istio_rules(NetNS(r.netns)) for r in done), "labelling programs nothing"
         elapsed = time.monotonic() - started

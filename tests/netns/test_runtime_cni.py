@@ -14,10 +14,8 @@ import itertools
 import json
 import os
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ from weir.runtime.cni import (
     version_key,
 )
 
+from .cni_helpers import namespace, sh
+
 CNI_PATH = ["/usr/lib/cni"]
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
 CHECK_VERSIONS = [v for v in VERSIONS if version_key(v) >= version_key("0.4.0")]
@@ -45,23 +45,6 @@ HOST_PORT = 18080
 pytestmark = pytest.mark.cni_plugins
 
 _counter = itertools.count()
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    if check and out.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({out.returncode}): {out.stderr.strip()}")
-    return out
-
-
-@contextmanager
-def namespace(name: str) -> Iterator[NetNS]:
-    try:
-        sh("ip", "netns", "add", name)
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-        yield NetNS(f"/var/run/netns/{name}")
-    finally:
-        sh("ip", "netns", "del", name, check=False)
 
 
 @dataclass

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import base64
 import textwrap
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,32 +21,12 @@ from weir.agent.certs import (
     rotation_time,
     verify_chain,
 )
-from weir.api.spiffe import SpiffeId
 from weir.control.ca import CA_CERT, CA_KEY, CERT_CHAIN, ROOT_CERT, CertificateAuthority
 
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+from .pki_helpers import DAY, ID, T0, FakeClock, Issued
+
 HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 US = timedelta(microseconds=1)
-ID = SpiffeId("cluster.local", "shop", "cart")
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass(frozen=True)
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
 
 
 def issue(cn: str, parent: Issued | None = None, *, ca: bool = True, key_cert_sign: bool = True,

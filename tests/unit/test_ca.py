@@ -8,8 +8,7 @@ import base64
 import os
 import stat
 import textwrap
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,26 +30,9 @@ from weir.control.ca import (
     SigningError,
 )
 
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-DAY = timedelta(days=1)
-ID = SpiffeId("cluster.local", "shop", "cart")
-
-
-class FakeClock:
-    def __init__(self, now: datetime = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
+from .pki_helpers import DAY, ID, T0, FakeClock, Issued
 
 # -- building CA material ------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Issued:
-    cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
 
 def name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test"),
