@@ -17,14 +17,14 @@ from __future__ import annotations
 import builtins
 import copy
 import json
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from weir.api.load import Resource, load_documents
+from weir.platform import sqlite
 
 Action = Literal["created", "configured", "unchanged"]
 
@@ -91,19 +91,10 @@ class ConfigStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

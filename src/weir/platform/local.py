@@ -13,10 +13,12 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
+
+from weir.platform import sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pods (
@@ -76,21 +78,10 @@ class PodRecord:
 class PodStore:
     def __init__(self, path: str) -> None:
         self.path = path
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        sqlite.create(path, SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite.connect(self.path, synchronous="NORMAL")
 
     @staticmethod
     def _record(row: tuple[Any, ...]) -> PodRecord:
