@@ -38,7 +38,7 @@ from weir.runtime.node import load_node
 from weir.runtime.pods import Runtime
 from weir.runtime.shim import kill_processes_in, processes_in
 
-from .cni_helpers import sh
+from .cni_helpers import has_istio_rules, istio_rules, sh
 
 T = TypeVar("T")
 
@@ -188,6 +188,21 @@ def every_pod(node: Node, namespace: str, names: list[str], ok: Callable[[PodRec
     records = [node.store().get(namespace, name) for name in names]
     present = [r for r in records if r is not None and not r.deleting]
     return present if len(present) == len(names) and all(ok(r) for r in present) else None
+
+
+def start_uncaptured(node: Node, namespace: str, names: list[str], wait: float) -> dict[str, str]:
+    """Runs the example as each named pod while nothing captures it and waits for each one's
+    ``istio-validation`` to exit 126 (uncaptured, Pending); returns each pod's uid."""
+    for name in names:
+        node.run(example_pod(name, namespace))
+    uids: dict[str, str] = {}
+    for name in names:
+        node.wait_status(name, "istio-validation failed with 126", failed_126, namespace, wait)
+        record = node.record(name, namespace)
+        assert not has_istio_rules(NetNS(record.netns)), istio_rules(NetNS(record.netns))
+        assert record.phase == "Pending"
+        uids[name] = record.uid
+    return uids
 
 # ---- the agent --------------------------------------------------------------------------------
 

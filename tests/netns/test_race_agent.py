@@ -50,20 +50,19 @@ from weir.netns import NetNS
 from weir.platform.local import PodRecord
 from weir.runtime.node import load_node
 
-from .cni_helpers import has_istio_rules, istio_rules, sh
+from .cni_helpers import has_istio_rules, sh
 from .runtime_helpers import (
     BACKOFF,
     NETNS_DIR,
     Node,
     completed_and_running,
     every_pod,
-    example_pod,
-    failed_126,
     labelled_uninitialized,
     netns_name,
     netns_names,
     new_tag,
     shim_pids,
+    start_uncaptured,
     validation,
     wait_for,
 )
@@ -285,15 +284,7 @@ def test_real_agent_fixes_pods_that_raced_it(workdir: Path, mode: str, capsys: p
         assert not plugin_binary(node).exists(), "weir-cni is out of the bin dir"
 
         # 2: pods start without weir-cni: not captured, istio-validation exits 126.
-        for name in PODS:
-            node.run(example_pod(name, NAMESPACE))
-        before: dict[str, str] = {}
-        for name in PODS:
-            node.wait_status(name, "istio-validation failed with 126", failed_126, NAMESPACE, RACE_WAIT)
-            record = node.record(name, NAMESPACE)
-            assert not has_istio_rules(NetNS(record.netns)), istio_rules(NetNS(record.netns))
-            assert record.phase == "Pending"
-            before[name] = record.uid
+        before = start_uncaptured(node, NAMESPACE, PODS, RACE_WAIT)
 
         # 3: the agent again: timed from its start to every pod's outcome.
         second = AgentProcess(node, mode, node.workdir / "agent-2.log")

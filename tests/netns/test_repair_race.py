@@ -31,17 +31,16 @@ from weir.nodeagent.repairer import CaptureRepair, RepairController
 from weir.platform.local import PodRecord
 from weir.runtime.repairbackend import RuntimePods
 
-from .cni_helpers import has_istio_rules, istio_rules
+from .cni_helpers import has_istio_rules
 from .runtime_helpers import (
     completed_and_running,
     every_pod,
-    example_pod,
-    failed_126,
     labelled_uninitialized,
     make_node,
     netns_name,
     netns_names,
     shim_pids,
+    start_uncaptured,
     validation,
     wait_for,
 )
@@ -68,15 +67,7 @@ def test_pods_that_raced_the_agent_are_fixed(workdir: Path, mode: str, capsys: p
     controller: RepairController | None = None
     forced: list[str] = []
     try:
-        for name in PODS:
-            node.run(example_pod(name, NAMESPACE))
-        before = {}
-        for name in PODS:
-            node.wait_status(name, "istio-validation failed with 126", failed_126, NAMESPACE, RACE_WAIT)
-            record = node.record(name, NAMESPACE)
-            assert not has_istio_rules(NetNS(record.netns)), istio_rules(NetNS(record.netns))
-            assert record.phase == "Pending"
-            before[name] = record.uid
+        before = start_uncaptured(node, NAMESPACE, PODS, RACE_WAIT)
 
         # The agent comes up: the capture service serves the plugin, the controller repairs.
         started = time.monotonic()
