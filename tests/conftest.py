@@ -7,6 +7,9 @@ not root, except under ``CI=true``, where a skip would hide a failure: there the
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,14 @@ def golden_dir() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return GOLDEN
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A directory uid 1337 can read (pytest's tmp_path sits under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="weir-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

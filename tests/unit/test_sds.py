@@ -16,11 +16,10 @@ import socket
 import ssl
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -420,17 +419,6 @@ def fetch(port: int, context: ssl.SSLContext) -> x509.Certificate:
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A directory uid 1337 can reach (pytest's tmp_path is 0700 under root's)."""
-    path = Path(tempfile.mkdtemp(prefix="weir-sds-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        subprocess.run(["rm", "-rf", "--", str(path)], check=True)
 
 
 def test_real_envoy_serves_the_sds_certificate_and_rotates_without_a_failed_handshake(workdir: Path) -> None:
