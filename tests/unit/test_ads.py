@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import time
@@ -30,9 +29,9 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
+from tests.conftest import envoy_or_skip
 from tests.unit.test_compile import BY_NAME, PRODUCTPAGE_PROXY, Scenario, _pod, _service, build, pem_files
 from weir.agent.bootstrap import BootstrapParams, TcpAddress, node_id, render_bootstrap
-from weir.agent.envoy import EnvoyError, find_envoy_binary
 from weir.control.ads import AdsServer, NodeInfo
 from weir.control.compile import EnvoyResources, Options, ProxyInfo, compile_proxy
 from weir.control.registry import Registry, Snapshot
@@ -283,12 +282,7 @@ def relocated(res: EnvoyResources, ports: dict[int, int]) -> EnvoyResources:
 
 @pytest.fixture
 def envoy_binary() -> Path:
-    try:
-        return find_envoy_binary()
-    except EnvoyError as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(e))
-        pytest.skip(str(e))
+    return envoy_or_skip()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import in_ci
+from tests.conftest import envoy_or_skip
 from weir.agent.bootstrap import (
     BootstrapError,
     BootstrapParams,
@@ -26,7 +26,6 @@ from weir.agent.bootstrap import (
     render_bootstrap,
     service_cluster,
 )
-from weir.agent.envoy import EnvoyError, find_envoy_binary
 
 EXPECTED = Path(__file__).resolve().parents[1] / "golden" / "bootstrap"
 REGENERATE = os.environ.get("WEIR_REGENERATE") == "1"
@@ -53,15 +52,6 @@ SCENARIOS: dict[str, BootstrapParams] = {
 
 def as_text(bootstrap: dict[str, Any]) -> str:
     return json.dumps(bootstrap, indent=2) + "\n"
-
-
-def envoy_or_skip() -> Path:
-    try:
-        return find_envoy_binary()
-    except EnvoyError as exc:
-        if in_ci():
-            pytest.fail(f"{exc}; CI=true forbids skipping")
-        pytest.skip(str(exc))
 
 
 # ---- the expected-output files ----------------------------------------------------------------

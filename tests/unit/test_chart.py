@@ -5,7 +5,6 @@ kubernetes-validate package bundles (strict: unknown fields are errors; no netwo
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from tests.conftest import in_ci
-from weir.install import CHART_DIR, CHECKOUT_HELM
+from tests.conftest import helm_or_skip
+from weir.install import CHART_DIR
 
 NAMESPACE = "weir-system"
 # The oldest and the newest Kubernetes the bundled schemas cover.
@@ -46,12 +45,7 @@ MODES: dict[str, tuple[dict[str, Any], list[dict[str, Any]], bool]] = {
 
 @pytest.fixture(scope="module")
 def helm() -> str:
-    if not os.access(CHECKOUT_HELM, os.X_OK):
-        message = f"helm 3 not found at {CHECKOUT_HELM} (scripts/setup.sh installs it)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return str(CHECKOUT_HELM)
+    return helm_or_skip()
 
 
 def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:

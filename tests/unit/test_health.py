@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import skip_unless_ci
 from weir.nodeagent.health import EndpointServer, HealthServer, Readiness
 
 
@@ -115,12 +116,12 @@ def test_a_port_in_use_fails_at_start() -> None:
 
 def test_ipv6_loopback() -> None:
     if not socket.has_ipv6:
-        pytest.skip("no IPv6 in this kernel")
+        skip_unless_ci("no IPv6 in this kernel")
     try:
         s = HealthServer(lambda: True, host="::1", port=0)
         s.start()
     except OSError as exc:
-        pytest.skip(f"cannot bind [::1]: {exc}")
+        skip_unless_ci(f"cannot bind [::1]: {exc}")
     try:
         conn = http.client.HTTPConnection("::1", s.address[1], timeout=5)
         conn.request("GET", "/readyz")

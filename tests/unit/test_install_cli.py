@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import in_ci
+from tests.conftest import helm_or_skip
 from weir.cli.main import main
 from weir.install import CHART_DIR, CHECKOUT_HELM
 from weir.install.apply import FIELD_MANAGER, ApplyRequest, plan
@@ -306,13 +305,9 @@ def test_apply_request_is_frozen() -> None:
 
 @pytest.fixture
 def helm(monkeypatch: pytest.MonkeyPatch) -> str:
-    if not os.access(CHECKOUT_HELM, os.X_OK):
-        message = f"helm 3 not found at {CHECKOUT_HELM} (scripts/setup.sh installs it)"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    monkeypatch.setenv("WEIR_HELM", str(CHECKOUT_HELM))
-    return str(CHECKOUT_HELM)
+    helm = helm_or_skip()
+    monkeypatch.setenv("WEIR_HELM", helm)
+    return helm
 
 
 def write(tmp_path: Path, document: Any) -> str:
