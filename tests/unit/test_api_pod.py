@@ -15,6 +15,7 @@ import yaml
 
 from weir.api.pod import (
     Container,
+    ContainerPort,
     EnvVar,
     FieldRef,
     ManifestError,
@@ -26,6 +27,14 @@ from weir.api.pod import (
     SecurityContext,
     parse_pod,
     pod_to_dict,
+)
+from weir.api.pod_model import (
+    ExecAction,
+    GRPCAction,
+    HTTPGetAction,
+    HTTPHeader,
+    Probe,
+    TCPSocketAction,
 )
 
 NO_ENTRYPOINT = "required (the embedded runtime has no image to take an entrypoint from)"
@@ -231,6 +240,7 @@ def test_known_fields_the_runtime_ignores_and_status_are_accepted() -> None:
             "name": "app", "command": ["app"], "image": "app:1", "imagePullPolicy": "IfNotPresent",
             "resources": {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "100m"}},
             "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+            "ports": [{"name": "http", "containerPort": 8080}],
             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "httpHeaders": [{"name": "X",
                                                                                                 "value": "y"}]},
                               "periodSeconds": 5},
@@ -656,6 +666,163 @@ def test_relative_working_dir() -> None:
     assert only_problem(with_container(workingDir="srv")) == (
         'pod.yaml: spec.containers[0].workingDir: invalid value "srv": must be an absolute path (there is no image '
         "working directory to resolve it against)")
+
+
+# --- probes ---------------------------------------------------------------------------------
+
+ISTIO_READINESS = {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 15, "timeoutSeconds": 3,
+                   "failureThreshold": 4}
+ISTIO_STARTUP = {"httpGet": {"path": "/healthz/ready", "port": 15021}, "periodSeconds": 1, "timeoutSeconds": 3,
+                 "failureThreshold": 600}
+
+
+def sidecar_pod(**probes: Any) -> dict[str, Any]:
+    return manifest(initContainers=[{"name": "istio-proxy", "command": ["envoy"], "restartPolicy": "Always",
+                                     "ports": [{"name": "http-envoy-prom", "containerPort": 15090}], **probes}])
+
+
+def test_the_injected_sidecar_probes_parse_with_kubernetes_defaults() -> None:
+    pod = parse_pod(sidecar_pod(readinessProbe=ISTIO_READINESS, startupProbe=ISTIO_STARTUP))
+    proxy = pod.spec.init_containers[0]
+    handler = HTTPGetAction(port=15021, path="/healthz/ready")
+    assert proxy.readiness_probe == Probe(handler=handler, period_seconds=15, timeout_seconds=3, failure_threshold=4)
+    assert proxy.startup_probe == Probe(handler=handler, period_seconds=1, timeout_seconds=3, failure_threshold=600)
+    assert proxy.liveness_probe is None
+    assert proxy.probe("startup") is proxy.startup_probe
+    assert proxy.startup_probe.http_get == handler
+    assert proxy.startup_probe.tcp_socket is None
+    assert (proxy.startup_probe.initial_delay_seconds, proxy.startup_probe.success_threshold) == (0, 1)
+    assert pod.spec.containers[0].readiness_probe is None
+
+
+def test_every_handler_and_field_is_typed() -> None:
+    pod = parse_pod(with_container(
+        ports=[{"name": "http", "containerPort": 8080}, {"name": "admin", "containerPort": 9901}],
+        livenessProbe={"httpGet": {"path": "healthz?full=1", "port": "http", "host": "::1", "scheme": "HTTPS",
+                                   "httpHeaders": [{"name": "X-Probe", "value": "a b"}, {"name": "Host",
+                                                                                        "value": "web"}]},
+                       "initialDelaySeconds": 2, "periodSeconds": 0, "timeoutSeconds": 0, "failureThreshold": 0,
+                       "terminationGracePeriodSeconds": 5},
+        readinessProbe={"tcpSocket": {"port": "admin", "host": "localhost"}, "successThreshold": 2},
+        startupProbe={"exec": {"command": ["test", "-e", "/tmp/up"]}, "periodSeconds": 1},
+    ))
+    app = pod.spec.containers[0]
+    assert app.liveness_probe == Probe(
+        handler=HTTPGetAction(port="http", path="/healthz?full=1", host="::1", scheme="HTTPS",
+                              http_headers=(HTTPHeader("X-Probe", "a b"), HTTPHeader("Host", "web"))),
+        initial_delay_seconds=2, termination_grace_period_seconds=5)  # a 0 is the default, as in Kubernetes
+    assert app.readiness_probe == Probe(handler=TCPSocketAction(port="admin", host="localhost"), success_threshold=2)
+    assert app.startup_probe == Probe(handler=ExecAction(("test", "-e", "/tmp/up")), period_seconds=1)
+    assert app.port_number("http") == 8080
+    assert app.port_number(7) == 7
+    assert app.port_number("nope") is None
+    grpc = parse_pod(with_container(livenessProbe={"grpc": {"port": 9000, "service": "health"}}))
+    assert grpc.spec.containers[0].liveness_probe == Probe(handler=GRPCAction(port=9000, service="health"))
+
+
+def test_probes_round_trip_through_pod_to_dict() -> None:
+    doc = with_container(ports=[{"name": "http", "containerPort": 8080}],
+                         readinessProbe={"httpGet": {"port": "http"}}, livenessProbe={"tcpSocket": {"port": 8080}})
+    pod = parse_pod(doc)
+    assert pod_to_dict(pod)["spec"]["containers"][0]["readinessProbe"] == {"httpGet": {"port": "http"}}  # as given
+    built = Pod(metadata=ObjectMeta(name="built"), spec=PodSpec(containers=(Container(
+        name="app", command=("app",), ports=(ContainerPort(8080, name="http"),),
+        startup_probe=Probe(handler=ExecAction(("true",)), period_seconds=1, failure_threshold=30),
+        readiness_probe=Probe(handler=HTTPGetAction(port="http", path="/r", host="127.0.0.1", scheme="HTTPS",
+                                                    http_headers=(HTTPHeader("A", "b"),)), success_threshold=2),
+        liveness_probe=Probe(handler=GRPCAction(port=9000, service="s"), termination_grace_period_seconds=3)),
+        Container(name="other", command=("x",), liveness_probe=Probe(handler=TCPSocketAction(port=81, host="::1"))),
+    )))
+    assert parse_pod(pod_to_dict(built)) == built
+
+
+P = (*C0, "readinessProbe")
+
+
+@pytest.mark.parametrize(("path", "value", "json_path", "message"), [
+    (P, {}, "spec.containers[0].readinessProbe", "must specify a handler type (one of exec, httpGet, tcpSocket, grpc)"),
+    (P, {"periodSeconds": 5}, "spec.containers[0].readinessProbe",
+     "must specify a handler type (one of exec, httpGet, tcpSocket, grpc)"),
+    (P, {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}}, "spec.containers[0].readinessProbe",
+     "may not specify more than 1 handler type (got exec, tcpSocket)"),
+    (P, {"tcpSocket": {"port": 80}, "periodSeconds": -1}, "spec.containers[0].readinessProbe.periodSeconds",
+     "must be greater than or equal to 0, got -1"),
+    (P, {"tcpSocket": {"port": 80}, "initialDelaySeconds": -3},
+     "spec.containers[0].readinessProbe.initialDelaySeconds", "must be greater than or equal to 0, got -3"),
+    (P, {"tcpSocket": {"port": 80}, "failureThreshold": -1}, "spec.containers[0].readinessProbe.failureThreshold",
+     "must be greater than or equal to 0, got -1"),
+    (P, {"tcpSocket": {"port": 80}, "terminationGracePeriodSeconds": 5},
+     "spec.containers[0].readinessProbe.terminationGracePeriodSeconds", "must not be set for readiness probes"),
+    ((*C0, "livenessProbe"), {"tcpSocket": {"port": 80}, "successThreshold": 2},
+     "spec.containers[0].livenessProbe.successThreshold", "must be 1 for a liveness probe, got 2"),
+    ((*C0, "startupProbe"), {"tcpSocket": {"port": 80}, "successThreshold": 3},
+     "spec.containers[0].startupProbe.successThreshold", "must be 1 for a startup probe, got 3"),
+    ((*C0, "livenessProbe"), {"tcpSocket": {"port": 80}, "terminationGracePeriodSeconds": 0},
+     "spec.containers[0].livenessProbe.terminationGracePeriodSeconds", "must be greater than 0, got 0"),
+    (P, {"tcpSocket": {"port": 0}}, "spec.containers[0].readinessProbe.tcpSocket.port",
+     "must be between 1 and 65535, inclusive, got 0"),
+    (P, {"httpGet": {"port": 70000}}, "spec.containers[0].readinessProbe.httpGet.port",
+     "must be between 1 and 65535, inclusive, got 70000"),
+    (P, {"grpc": {"port": 0}}, "spec.containers[0].readinessProbe.grpc.port",
+     "must be between 1 and 65535, inclusive, got 0"),
+    (P, {"httpGet": {"path": "/"}}, "spec.containers[0].readinessProbe.httpGet.port",
+     "required (a port number or the name of one of the container's ports)"),
+    (P, {"grpc": {"service": "x"}}, "spec.containers[0].readinessProbe.grpc.port", "required"),
+    (P, {"httpGet": {"port": "http"}}, "spec.containers[0].readinessProbe.httpGet.port",
+     'no port named "http" in this container\'s ports (named ports: none)'),
+    (P, {"tcpSocket": {"port": "8080"}}, "spec.containers[0].readinessProbe.tcpSocket.port",
+     'invalid value "8080": must contain at least one letter'),
+    (P, {"tcpSocket": {"port": 80, "host": "db.local"}}, "spec.containers[0].readinessProbe.tcpSocket.host",
+     'invalid value "db.local": must be an IP address or "localhost" (the embedded runtime resolves no names for '
+     "probes)"),
+    (P, {"httpGet": {"port": 80, "path": "/a b"}}, "spec.containers[0].readinessProbe.httpGet.path",
+     'invalid value "/a b": must not contain spaces or control characters (percent-encode them)'),
+    (P, {"httpGet": {"port": 80, "httpHeaders": [{"name": "X Y", "value": "1"}]}},
+     "spec.containers[0].readinessProbe.httpGet.httpHeaders[0].name",
+     "invalid value \"X Y\": must be a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)"),
+    (P, {"httpGet": {"port": 80, "httpHeaders": [{"name": "X", "value": "a\r\nB: c"}]}},
+     "spec.containers[0].readinessProbe.httpGet.httpHeaders[0].value", "must not contain line breaks or NUL"),
+    (P, {"httpGet": {"port": 80, "httpHeaders": [{"value": "1"}]}},
+     "spec.containers[0].readinessProbe.httpGet.httpHeaders[0].name", "required"),
+    (P, {"exec": {}}, "spec.containers[0].readinessProbe.exec.command", "required"),
+    (P, {"exec": {"command": []}}, "spec.containers[0].readinessProbe.exec.command", "required"),
+    (P, {"exec": {"command": ["", "x"]}}, "spec.containers[0].readinessProbe.exec.command[0]",
+     "must not be empty (it names the program to run)"),
+    (P, {"httpGet": {"port": 80, "scheme": "http"}}, "spec.containers[0].readinessProbe.httpGet.scheme",
+     'unsupported value "http" (expected one of "HTTP", "HTTPS")'),
+])
+def test_bad_probes(path: tuple[Any, ...], value: Any, json_path: str, message: str) -> None:
+    assert only_problem(_set(manifest(), path, value)) == f"pod.yaml: {json_path}: {message}"
+
+
+def test_named_port_lists_the_names_there_are() -> None:
+    doc = with_container(ports=[{"name": "http", "containerPort": 80}, {"containerPort": 81}],
+                         livenessProbe={"httpGet": {"port": "htp"}})
+    assert only_problem(doc) == ('pod.yaml: spec.containers[0].livenessProbe.httpGet.port: no port named "htp" in '
+                                 "this container's ports (named ports: \"http\")")
+
+
+def test_probes_only_on_containers_and_native_sidecars() -> None:
+    doc = manifest(initContainers=[{"name": "init", "command": ["x"], "readinessProbe": {"tcpSocket": {"port": 80}},
+                                    "livenessProbe": {"exec": {"command": ["true"]}}}])
+    assert problems(doc) == [
+        "pod.yaml: spec.initContainers[0].readinessProbe: may not be set for init containers without "
+        "restartPolicy=Always",
+        "pod.yaml: spec.initContainers[0].livenessProbe: may not be set for init containers without "
+        "restartPolicy=Always",
+    ]
+    assert parse_pod(sidecar_pod(livenessProbe={"tcpSocket": {"port": 15090}})).spec.init_containers[0].liveness_probe
+
+
+def test_every_probe_problem_is_reported() -> None:
+    doc = with_container(readinessProbe={"tcpSocket": {"port": 0, "host": "x"}, "timeoutSeconds": -1},
+                         startupProbe={"grpc": {"port": 1}, "successThreshold": 2})
+    assert [line.split(": ", 2)[1] for line in problems(doc)] == [
+        "spec.containers[0].startupProbe.successThreshold",
+        "spec.containers[0].readinessProbe.timeoutSeconds",
+        "spec.containers[0].readinessProbe.tcpSocket.port",
+        "spec.containers[0].readinessProbe.tcpSocket.host",
+    ]
 
 
 # --- the package's charter -----------------------------------------------------------------

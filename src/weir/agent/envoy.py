@@ -45,7 +45,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from weir.agent.bootstrap import ADMIN_PORT, TcpAddress
 
@@ -265,10 +265,13 @@ class EnvoyProcess:
 
     def _spawn(self) -> None:
         """Start one run (the lock is held)."""
+        # As root: switch to uid/gid with no supplementary groups. Already unprivileged (the agent runs
+        # as 1337, as in Istio's sidecar): Envoy runs as the agent does; setgroups() would be refused.
+        ids: dict[str, Any] = ({"user": self.uid, "group": self.gid, "extra_groups": []} if os.geteuid() == 0
+                               else {})
         with self.log_path.open("ab") as sink:
             self._proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                          user=self.uid, group=self.gid, extra_groups=[], start_new_session=True,
-                                          cwd=self.cwd, close_fds=True)
+                                          start_new_session=True, cwd=self.cwd, close_fds=True, **ids)
         self._started_at = self._clock()
         log.info("Envoy started: pid %d, uid %d, log %s", self._proc.pid, self.uid, self.log_path)
 

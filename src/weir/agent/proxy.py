@@ -29,11 +29,12 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -44,6 +45,8 @@ from weir.agent.bootstrap import (
     BootstrapError,
     BootstrapParams,
     TcpAddress,
+    node_id,
+    node_metadata,
     parse_address,
     render_bootstrap,
 )
@@ -51,10 +54,12 @@ from weir.agent.dns.resolver import NameTable, Resolver
 from weir.agent.dns.server import DEFAULT_PORT as DNS_PORT
 from weir.agent.dns.server import DnsProxy, load_upstreams
 from weir.agent.envoy import ENVOY_GID, ENVOY_UID, EnvoyProcess, find_envoy_binary
+from weir.agent.nds import NameTableClient, Node
 from weir.agent.sds import SdsServer
 from weir.agent.secrets import Clock, Signer, WorkloadSecrets
 from weir.agent.status import AgentMetrics, StatusServer
 from weir.api.spiffe import SpiffeId, SpiffeIdError
+from weir.platform.nds import AGENT_CLIENT, AGENT_CLIENT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ DEFAULT_CONFIG_DIR: Final = Path("/etc/istio/proxy")
 """Where the bootstrap and Envoy's log go (Istio's ``ConfigPath``)."""
 DEFAULT_SDS_SOCKET: Final = Path("/var/run/secrets/workload-spiffe-uds/socket")
 DEFAULT_XDS_ADDRESS: Final = "istiod.istio-system.svc:15010"
+DEFAULT_ROOT_CERT: Final = Path("/var/run/secrets/istio/root-cert.pem")
+DEFAULT_TOKEN: Final = Path("/var/run/secrets/tokens/istio-token")
 BOOTSTRAP_NAME: Final = "envoy-rev.json"
 KILL_AFTER: Final = 5.0
 """Seconds Envoy may take to exit after SIGTERM, past the drain, before SIGKILL."""
@@ -81,12 +88,21 @@ class ProxyConfig:
     service_account: str = "default"
     trust_domain: str = "cluster.local"
     xds_address: Address = field(default_factory=lambda: parse_address(DEFAULT_XDS_ADDRESS))
+    ca_address: str = ""
+    """The CA's gRPC address (Istio's ``CA_ADDR``, served over TLS): certificates are signed there."""
+    ca_root_cert: Path = DEFAULT_ROOT_CERT
+    """The trust bundle the CA's serving certificate is checked against."""
+    token_file: Path = DEFAULT_TOKEN
+    """The pod's service-account token, presented to the CA (read again on each request)."""
+    cert_ttl: timedelta = timedelta(hours=24)
+    """The workload certificate's lifetime (Istio's ``SECRET_TTL``); rotated at half of it."""
     ca_dir: Path | None = None
-    """A ``cacerts`` directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) the CLI
-    signs with in-process, until the CSR service over the network exists."""
+    """A ``cacerts`` directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem) to sign with
+    in-process instead of asking a CA (a standalone agent, tests)."""
     config_dir: Path = DEFAULT_CONFIG_DIR
     sds_socket: Path = DEFAULT_SDS_SOCKET
     dns_table: Path | None = None
+    """A JSON name table for the DNS proxy; without one, tables come from the control plane (NDS)."""
     dns_address: TcpAddress = field(default_factory=lambda: TcpAddress("127.0.0.1", DNS_PORT))
     resolv_conf: Path = Path("/etc/resolv.conf")
     status_address: TcpAddress = field(default_factory=lambda: TcpAddress("127.0.0.1", STATUS_PORT))
@@ -108,6 +124,10 @@ SETTINGS: Final = (
     ("service_account", "service_account", "SERVICE_ACCOUNT"),
     ("trust_domain", "trust_domain", "TRUST_DOMAIN"),
     ("xds_address", "xds_address", "XDS_ADDRESS"),
+    ("ca_address", "ca_address", "CA_ADDR"),
+    ("ca_root_cert", "ca_root_cert", "WEIR_CA_ROOT_CERT"),
+    ("token_file", "token_file", "WEIR_TOKEN_FILE"),
+    ("cert_ttl", "secret_ttl", "SECRET_TTL"),
     ("ca_dir", "ca_dir", "WEIR_CA_DIR"),
     ("config_dir", "config_dir", "WEIR_PROXY_CONFIG_DIR"),
     ("sds_socket", "sds_socket", "WEIR_SDS_SOCKET"),
@@ -127,6 +147,39 @@ def _tcp(value: str, what: str) -> TcpAddress:
     return address
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str) -> timedelta:
+    """Go's duration syntax as Istio's settings use it: ``24h``, ``1h30m``, ``90s``, ``500ms``."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ConfigError(f"{what}: {text!r} is not a duration such as 24h, 90m or 30s")
+    value = timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+    if value < timedelta(seconds=10):
+        raise ConfigError(f"{what}: {text!r} is shorter than 10s")
+    return value
+
+
+def _embedded_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """Defaults from the pod: ``PROXY_CONFIG``'s ``discoveryAddress`` (Istio's ProxyConfig), and in
+    weir's embedded runtime the pod's directory (``WEIR_POD_DIR``: token, trust bundle, scratch)."""
+    found: dict[str, str] = {}
+    try:
+        proxy_config = json.loads(env.get("PROXY_CONFIG") or "{}")
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"PROXY_CONFIG: invalid JSON: {exc.msg}") from None
+    if isinstance(proxy_config, dict) and proxy_config.get("discoveryAddress"):
+        found["xds_address"] = str(proxy_config["discoveryAddress"])
+    pod_dir = env.get("WEIR_POD_DIR")
+    if pod_dir:
+        base = Path(pod_dir)
+        found.update(token_file=str(base / "token"), ca_root_cert=str(base / "root-cert.pem"),
+                     config_dir=str(base / "run" / "proxy"), sds_socket=str(base / "run" / "sds"))
+    return found
+
+
 def config_from(flags: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig:
     """Settings from flags (by dest) and the environment, validated."""
     raw: dict[str, str] = {}
@@ -136,6 +189,8 @@ def config_from(flags: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig
             value = env.get(var)
         if value is not None and str(value) != "":
             raw[key] = str(value)
+    for key, value in _embedded_defaults(env).items():
+        raw.setdefault(key, value)
     names = {key: f"--{dest.replace('_', '-')} ({var})" for key, dest, var in SETTINGS}
     for key in ("pod_name", "namespace", "instance_ips"):
         if key not in raw:
@@ -156,8 +211,10 @@ def config_from(flags: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig
                 values[key] = parse_address(text, what)
             elif key in ("dns_address", "status_address"):
                 values[key] = _tcp(text, what)
-            elif key in ("ca_dir", "config_dir", "sds_socket", "dns_table"):
+            elif key in ("ca_dir", "config_dir", "sds_socket", "dns_table", "ca_root_cert", "token_file"):
                 values[key] = Path(text).absolute()
+            elif key == "cert_ttl":
+                values[key] = parse_duration(text, what)
             elif key == "drain_duration":
                 values[key] = float(text)
                 if not 0 <= values[key] <= 3600:
@@ -198,6 +255,17 @@ def load_name_table(path: Path, namespace: str) -> NameTable:
                                cluster_domain=doc.get("cluster_domain", "cluster.local"))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"DNS table {path}: {exc}") from None
+
+
+def search_domains(resolv_conf: Path) -> tuple[str, ...]:
+    """The ``search`` list of resolv.conf (the last one wins, as in glibc); none when unreadable."""
+    found: tuple[str, ...] = ()
+    with contextlib.suppress(OSError):
+        for line in resolv_conf.read_text().splitlines():
+            words = line.split()
+            if words and words[0] in ("search", "domain"):
+                found = tuple(w.rstrip(".") for w in words[1:])
+    return found
 
 
 def bootstrap_params(config: ProxyConfig) -> BootstrapParams:
@@ -244,6 +312,14 @@ class ProxyAgent:
                                   concurrency=config.concurrency, log_level=config.log_level,
                                   drain_time=config.drain_duration, cwd=config.config_dir,
                                   admin=TcpAddress("127.0.0.1", ADMIN_PORT))
+        self.nds: NameTableClient | None = None
+        if config.dns_table is None:
+            params = bootstrap_params(config)
+            self.nds = NameTableClient(
+                config.xds_address,
+                Node(node_id(params), {**node_metadata(params), AGENT_CLIENT_KEY: AGENT_CLIENT}),
+                self.dns.resolver.update, namespace=config.namespace,
+                search_domains=search_domains(config.resolv_conf))
         self.metrics = AgentMetrics(envoy_restarts=lambda: self.envoy.restarts, cert_expiry=self._cert_expiry,
                                     dns_requests=lambda: self.dns.stats.received)
         self.status = StatusServer(self.envoy.admin, self.metrics, lambda: self.secrets.current is not None,
@@ -263,6 +339,9 @@ class ProxyAgent:
             stack.push_async_callback(self.sds.stop)
             await self.dns.start()
             stack.push_async_callback(self.dns.stop, 1.0)
+            if self.nds is not None:
+                await self.nds.start()
+                stack.push_async_callback(self.nds.stop)
             await self.status.start()
             stack.push_async_callback(self.status.stop)
             await asyncio.to_thread(write_bootstrap, self.config)

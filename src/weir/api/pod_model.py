@@ -1,7 +1,7 @@
 """The Kubernetes v1 Pod as the embedded runtime runs it: frozen dataclasses, already valid.
 
-Only what the runtime acts on is modelled (processes, their uids, env, ports, restart rules);
-every other Kubernetes field is checked by :func:`weir.api.pod.parse_pod` and then
+Only what the runtime acts on is modelled (processes, their uids, env, ports, restart rules,
+probes); every other Kubernetes field is checked by :func:`weir.api.pod.parse_pod` and then
 left in :attr:`Pod.raw`, where the node agent reads annotations and env with Istio's rules.
 Values are built by the parser; constructing them by hand (tests, the runtime) trusts the
 caller. Mappings are read-only views.
@@ -18,6 +18,8 @@ from typing import Any, Literal
 from weir.api.meta import ObjectMeta
 
 RestartPolicy = Literal["Always", "OnFailure", "Never"]
+ProbeKind = Literal["startup", "readiness", "liveness"]
+Scheme = Literal["HTTP", "HTTPS"]
 Protocol = Literal["TCP", "UDP", "SCTP"]
 TerminationMessagePolicy = Literal["File", "FallbackToLogsOnError"]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -34,6 +36,13 @@ ENV_FIELD_PATHS = (
 )
 CPU_RESOURCES = ("limits.cpu", "requests.cpu")
 BYTE_RESOURCES = ("limits.memory", "requests.memory", "limits.ephemeral-storage", "requests.ephemeral-storage")
+
+
+# Kubernetes' probe defaults (SetDefaults_Probe: a 0 in the manifest means the default too).
+DEFAULT_PROBE_PERIOD_SECONDS = 10
+DEFAULT_PROBE_TIMEOUT_SECONDS = 1
+DEFAULT_PROBE_SUCCESS_THRESHOLD = 1
+DEFAULT_PROBE_FAILURE_THRESHOLD = 3
 
 
 def _frozen_map() -> Mapping[str, str]:
@@ -122,6 +131,81 @@ class ResourceRequirements:
     requests: Mapping[str, str] = field(default_factory=_frozen_map)
 
 
+@dataclass(frozen=True)
+class HTTPHeader:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class HTTPGetAction:
+    """``httpGet``: success is a status from 200 to 399. ``port`` is a number or the name of one
+    of the container's ports; ``host`` empty means the pod itself (see :mod:`weir.runtime.probes`)."""
+
+    port: int | str
+    path: str = "/"
+    host: str = ""
+    scheme: Scheme = "HTTP"
+    http_headers: tuple[HTTPHeader, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TCPSocketAction:
+    """``tcpSocket``: success is an accepted connection."""
+
+    port: int | str
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class ExecAction:
+    """``exec``: the command runs as the container's user, in its environment; exit 0 is success."""
+
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPCAction:
+    """``grpc``: ``grpc.health.v1.Health/Check`` for ``service``; ``SERVING`` is success."""
+
+    port: int
+    service: str = ""
+
+
+ProbeHandler = HTTPGetAction | TCPSocketAction | ExecAction | GRPCAction
+
+
+@dataclass(frozen=True, kw_only=True)
+class Probe:
+    """A container probe as Kubernetes defines it: one handler, how often it runs, how long one
+    attempt may take, and how many results in a row flip the outcome."""
+
+    handler: ProbeHandler
+    initial_delay_seconds: int = 0
+    period_seconds: int = DEFAULT_PROBE_PERIOD_SECONDS
+    timeout_seconds: int = DEFAULT_PROBE_TIMEOUT_SECONDS
+    success_threshold: int = DEFAULT_PROBE_SUCCESS_THRESHOLD
+    failure_threshold: int = DEFAULT_PROBE_FAILURE_THRESHOLD
+    termination_grace_period_seconds: int | None = None
+    """Liveness and startup only: the grace period of a kill for a failed probe (else the pod's)."""
+
+    @property
+    def http_get(self) -> HTTPGetAction | None:
+        return self.handler if isinstance(self.handler, HTTPGetAction) else None
+
+    @property
+    def tcp_socket(self) -> TCPSocketAction | None:
+        return self.handler if isinstance(self.handler, TCPSocketAction) else None
+
+    @property
+    def exec(self) -> ExecAction | None:
+        return self.handler if isinstance(self.handler, ExecAction) else None
+
+    @property
+    def grpc(self) -> GRPCAction | None:
+        return self.handler if isinstance(self.handler, GRPCAction) else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Container:
     name: str
@@ -139,10 +223,24 @@ class Container:
     """Only on init containers: ``"Always"`` makes a native sidecar."""
     termination_message_path: str = DEFAULT_TERMINATION_MESSAGE_PATH
     termination_message_policy: TerminationMessagePolicy = "File"
+    liveness_probe: Probe | None = None
+    readiness_probe: Probe | None = None
+    startup_probe: Probe | None = None
+    """Probes are only on containers and native sidecars (the parser refuses them elsewhere)."""
 
     @property
     def is_native_sidecar(self) -> bool:
         return self.restart_policy == "Always"
+
+    def probe(self, kind: ProbeKind) -> Probe | None:
+        return {"startup": self.startup_probe, "readiness": self.readiness_probe,
+                "liveness": self.liveness_probe}[kind]
+
+    def port_number(self, port: int | str) -> int | None:
+        """A probe's port: a number as it is, a name looked up in ``ports`` (None: no such port)."""
+        if isinstance(port, int):
+            return port
+        return next((p.container_port for p in self.ports if p.name == port), None)
 
     def uid(self, pod: Pod) -> int:
         """The uid the process runs as: container securityContext, else the pod's, else 0."""

@@ -43,6 +43,7 @@ from weir.api.pod_model import (
     Sysctl,
     TerminationMessagePolicy,
 )
+from weir.api.probe_parse import container_probes
 from weir.api.read import Doc
 from weir.api.read import absent as _absent
 from weir.api.read import boolean as _bool
@@ -208,6 +209,8 @@ def _container(doc: Doc, path: str, problems: Problems, *, init: bool) -> Contai
         problems.add(f"{path}.restartPolicy", 'only init containers may set restartPolicy ("Always" makes a '
                                               "native sidecar)")
     image = doc.get("image")
+    ports = _ports(doc, path, problems)
+    probes = container_probes(doc, path, problems, init=init, sidecar=init and restart == "Always", ports=ports)
     return Container(
         name=name,
         command=command,
@@ -215,13 +218,16 @@ def _container(doc: Doc, path: str, problems: Problems, *, init: bool) -> Contai
         image=image if isinstance(image, str) else None,
         env=tuple(_env(e, epath, problems) for epath, e in _objs(doc, "env", path)),
         working_dir=working_dir if isinstance(working_dir, str) and working_dir else None,
-        ports=_ports(doc, path, problems),
+        ports=ports,
         security_context=_security_context(_obj(doc, "securityContext"), f"{path}.securityContext", problems),
         resources=ResourceRequirements(limits=_quantity_map(_obj(doc, "resources"), "limits"),
                                        requests=_quantity_map(_obj(doc, "resources"), "requests")),
         restart_policy="Always" if init and restart == "Always" else None,
         termination_message_path=_str(doc, "terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH,
         termination_message_policy=_MESSAGE_POLICIES.get(_str(doc, "terminationMessagePolicy"), "File"),
+        startup_probe=probes["startup"],
+        readiness_probe=probes["readiness"],
+        liveness_probe=probes["liveness"],
     )
 
 

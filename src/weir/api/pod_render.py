@@ -20,10 +20,14 @@ from weir.api.pod_model import (
     Container,
     ContainerPort,
     EnvVar,
+    ExecAction,
     FieldRef,
+    GRPCAction,
+    HTTPGetAction,
     Pod,
     PodSecurityContext,
     PodSpec,
+    Probe,
     SecurityContext,
 )
 from weir.api.pod_parse import parse_pod
@@ -98,6 +102,33 @@ def _container(c: Container) -> dict[str, Any]:
         out["terminationMessagePath"] = c.termination_message_path
     if c.termination_message_policy != "File":
         out["terminationMessagePolicy"] = c.termination_message_policy
+    for key, probe in (("startupProbe", c.startup_probe), ("readinessProbe", c.readiness_probe),
+                       ("livenessProbe", c.liveness_probe)):
+        if probe is not None:
+            out[key] = _probe(probe)
+    return out
+
+
+def _probe(p: Probe) -> dict[str, Any]:
+    handler = p.handler
+    action: dict[str, Any]
+    if isinstance(handler, ExecAction):
+        key, action = "exec", {"command": list(handler.command)}
+    elif isinstance(handler, GRPCAction):
+        key, action = "grpc", {"port": handler.port, **({"service": handler.service} if handler.service else {})}
+    else:
+        key, action = ("httpGet" if isinstance(handler, HTTPGetAction) else "tcpSocket"), {"port": handler.port}
+        if handler.host:
+            action["host"] = handler.host
+        if isinstance(handler, HTTPGetAction):
+            action.update(path=handler.path, scheme=handler.scheme)
+            if handler.http_headers:
+                action["httpHeaders"] = [{"name": h.name, "value": h.value} for h in handler.http_headers]
+    out: dict[str, Any] = {key: action, "initialDelaySeconds": p.initial_delay_seconds,
+                           "periodSeconds": p.period_seconds, "timeoutSeconds": p.timeout_seconds,
+                           "successThreshold": p.success_threshold, "failureThreshold": p.failure_threshold}
+    if p.termination_grace_period_seconds is not None:
+        out["terminationGracePeriodSeconds"] = p.termination_grace_period_seconds
     return out
 
 

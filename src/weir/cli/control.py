@@ -22,8 +22,11 @@ from weir.api.errors import ManifestError
 from weir.api.load import KINDS, load_files
 from weir.cli import _logging
 from weir.cli._common import Parser, UsageError, _StrictLoader
-from weir.control.server import DEFAULT_ADS_ADDRESS, ControlPlane
+from weir.control.ca import CacertsError, CertificateAuthority
+from weir.control.casvc import CaService
+from weir.control.server import DEFAULT_ADS_ADDRESS, DEFAULT_DEBUG_ADDRESS, ControlPlane
 from weir.control.store import ConfigStore, StoreError
+from weir.pki import tokens
 
 DEFAULT_STORE = "/var/lib/weir/control.db"
 _NAMESPACED = {k.header.kind: k.header.namespaced for k in KINDS}
@@ -79,6 +82,14 @@ def register(groups: Any) -> None:
     run.add_argument("--runtime-db", help="the embedded runtime's pod database (pods with a podIP are endpoints)")
     run.add_argument("--ads-address", default=DEFAULT_ADS_ADDRESS,
                      help=f"HOST:PORT or unix:/path (default {DEFAULT_ADS_ADDRESS})")
+    run.add_argument("--ca-address", help="HOST:PORT of the CA (gRPC over TLS; istiod's is :15012); "
+                     "needs --ca-dir and --token-key")
+    run.add_argument("--ca-dir", help="the CA's cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, "
+                     "cert-chain.pem)")
+    run.add_argument("--token-key", help="key file that verifies the pods' service-account tokens")
+    run.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
+    run.add_argument("--debug-address", default=DEFAULT_DEBUG_ADDRESS,
+                     help=f"HOST:PORT of /ready and /debug/* (default {DEFAULT_DEBUG_ADDRESS}; '' turns it off)")
     run.add_argument("--log-format", default=os.environ.get("WEIR_LOG_FORMAT", "auto"),
                      choices=["json", "text", "auto"], help="default auto: text on a terminal, else JSON lines")
     run.set_defaults(func=cmd_run)
@@ -171,10 +182,28 @@ async def _serve(plane: ControlPlane) -> None:
         await plane.stop()
 
 
+def _ca_service(args: argparse.Namespace) -> CaService | None:
+    given = [f for f in ("ca_address", "ca_dir", "token_key") if getattr(args, f)]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise UsageError("--ca-address, --ca-dir and --token-key go together (the CA needs all three)")
+    try:
+        ca = CertificateAuthority.from_cacerts(args.ca_dir, trust_domain=args.trust_domain)
+        key = tokens.load_key(args.token_key)
+    except (CacertsError, tokens.TokenKeyError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return CaService(ca, key)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _logging.setup(args.log_format)
     try:
-        plane = ControlPlane(args.store, args.runtime_db, ads_address=args.ads_address)
+        if args.debug_address and not args.debug_address.rpartition(":")[2].isdigit():
+            raise UsageError(f"--debug-address: {args.debug_address!r} is not HOST:PORT")
+        plane = ControlPlane(args.store, args.runtime_db, ads_address=args.ads_address,
+                             debug_address=args.debug_address or None, ca=_ca_service(args),
+                             ca_address=args.ca_address)
         asyncio.run(_serve(plane))
     except OSError as exc:  # an address that cannot be bound, a store that cannot be opened
         print(f"weir control: {exc}", file=sys.stderr)

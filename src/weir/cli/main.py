@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from weir.cli import capture, control, demo, install, kubeinject, nodeagent, pods, proxyagent
+from weir.cli import capture, control, demo, exampleapp, install, kubeinject, nodeagent, pods, proxyagent, up
 from weir.cli._common import EXIT_USAGE, Parser, UsageError
 
 
@@ -20,11 +20,13 @@ def build_parser() -> Parser:
     capture.register(groups)
     control.register(groups)
     demo.register(groups)
+    exampleapp.register(groups)
     install.register(groups)
     nodeagent.register(groups)
     pods.register(groups)
     kubeinject.register(groups)
     proxyagent.register(groups)
+    up.register(groups)
     return parser
 
 

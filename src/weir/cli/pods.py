@@ -20,6 +20,7 @@ from weir.cli._common import Parser, UsageError, load_document
 from weir.platform.local import PodRecord
 from weir.runtime.node import NodeConfig, NodeError, init_node, load_node
 from weir.runtime.pods import PodError, Runtime
+from weir.runtime.status import ready_count
 
 
 def register(groups: Any) -> None:
@@ -113,15 +114,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def sidecar_names(record: PodRecord) -> set[str]:
+    """The pod's native sidecars: init containers with restartPolicy Always."""
+    spec = record.manifest.get("spec") or {}
+    return {str(c.get("name")) for c in spec.get("initContainers") or []
+            if isinstance(c, dict) and c.get("restartPolicy") == "Always"}
+
+
 def display_status(record: PodRecord) -> str:
     """What ``kubectl get pods`` shows in STATUS."""
     if record.deleting:
         return "Terminating"
     inits = record.status.get("initContainerStatuses", [])
+    sidecars = sidecar_names(record)
     for i, entry in enumerate(inits):
         state = entry.get("state", {})
         if "terminated" in state and state["terminated"].get("exitCode") == 0:
             continue
+        if entry["name"] in sidecars and entry.get("started"):
+            continue  # a native sidecar that has started is not holding the pod back
         if "waiting" in state and state["waiting"].get("reason") not in (None, "PodInitializing"):
             return f"Init:{state['waiting']['reason']}"
         if "terminated" in state:
@@ -149,10 +160,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "AGE")]
     for record in runtime.pods(args.namespace):
         containers = record.status.get("containerStatuses", [])
-        ready = sum(1 for c in containers if c.get("ready"))
+        ready, total = ready_count(record.status, sidecar_names(record))  # native sidecars count, as in kubectl
         restarts = sum(int(c.get("restartCount", 0)) for c in containers + record.status.get(
             "initContainerStatuses", []))
-        rows.append((record.namespace, record.name, f"{ready}/{len(containers)}", display_status(record),
+        rows.append((record.namespace, record.name, f"{ready}/{total}", display_status(record),
                      str(restarts), str(record.status.get("podIP", "<none>")), _age(record.created)))
     if len(rows) == 1:
         print("No pods." if args.namespace is None else f"No pods in namespace {args.namespace}.")

@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from datetime import timedelta
 from typing import Any
 
+from weir.agent.caclient import grpc_signer
 from weir.agent.envoy import EnvoyError
 from weir.agent.proxy import ConfigError, ProxyConfig, config_from, serve
 from weir.agent.secrets import Issued, Signer
 from weir.cli import _logging
 from weir.cli._common import Parser, UsageError
 from weir.control.ca import CacertsError, CertificateAuthority
-
-WORKLOAD_TTL = timedelta(hours=24)
-"""Istio's default workload certificate lifetime (``SECRET_TTL``)."""
 
 # (flag, help) — every flag also reads the environment name shown in the help.
 _FLAGS = (
@@ -33,7 +30,13 @@ _FLAGS = (
     ("--trust-domain", "the mesh's trust domain (TRUST_DOMAIN; default cluster.local)"),
     ("--xds-address", "the control plane's ADS address, host:port or unix:///path "
      "(XDS_ADDRESS; default istiod.istio-system.svc:15010)"),
-    ("--ca-dir", "a cacerts directory to sign workload certificates with (WEIR_CA_DIR; required for now)"),
+    ("--ca-address", "the CA's gRPC address, host:port, TLS (CA_ADDR): where certificates are signed"),
+    ("--ca-root-cert", "trust bundle to check the CA with (WEIR_CA_ROOT_CERT; default "
+     "/var/run/secrets/istio/root-cert.pem, or $WEIR_POD_DIR/root-cert.pem)"),
+    ("--token-file", "the pod's service-account token for the CA (WEIR_TOKEN_FILE; default "
+     "/var/run/secrets/tokens/istio-token, or $WEIR_POD_DIR/token)"),
+    ("--secret-ttl", "workload certificate lifetime, e.g. 24h, 90m, 30s (SECRET_TTL; default 24h)"),
+    ("--ca-dir", "sign in-process with this cacerts directory instead of asking a CA (WEIR_CA_DIR)"),
     ("--config-dir", "where the bootstrap and Envoy's log go (WEIR_PROXY_CONFIG_DIR; default /etc/istio/proxy)"),
     ("--sds-socket", "the SDS socket (WEIR_SDS_SOCKET; default /var/run/secrets/workload-spiffe-uds/socket)"),
     ("--dns-table", "a JSON name table for the DNS proxy (WEIR_DNS_TABLE)"),
@@ -56,12 +59,36 @@ def register(groups: Any) -> None:
     for flag, text in _FLAGS:
         run.add_argument(flag, help=text)
     run.set_defaults(func=cmd_run)
+    # Istio's injected command line: `pilot-agent proxy sidecar --domain ... --proxyLogLevel=...`
+    proxy = verbs.add_parser("proxy", help="Istio's form: `proxy sidecar [--domain D] [--proxyLogLevel L] ...`",
+                             description="The arguments Istio's injector gives pilot-agent; settings come from the "
+                             "environment as for `run`.")
+    proxy.add_argument("kind", choices=["sidecar"], help="the proxy type (only sidecar)")
+    proxy.add_argument("--domain", help="the pod's DNS domain (accepted; weir derives it from POD_NAMESPACE)")
+    proxy.add_argument("--proxyLogLevel", dest="log_level", help="Envoy's log level")
+    proxy.add_argument("--proxyComponentLogLevel", dest="component_log_level", help="accepted, not used")
+    proxy.add_argument("--log_output_level", dest="log_output_level", help="accepted, not used")
+    proxy.add_argument("--log-format", help="json | text | auto (WEIR_LOG_FORMAT; default auto)")
+    proxy.set_defaults(func=cmd_run)
+
+
+def signer(config: ProxyConfig) -> Signer:
+    """Ask the CA at ``CA_ADDR`` (TLS, the pod's token), or sign in-process with ``--ca-dir``."""
+    if config.ca_dir is not None:
+        return local_signer(config)
+    if not config.ca_address:
+        raise UsageError("--ca-address (CA_ADDR): required, or --ca-dir (WEIR_CA_DIR) to sign in-process")
+    for what, path in (("--ca-root-cert (WEIR_CA_ROOT_CERT)", config.ca_root_cert),
+                       ("--token-file (WEIR_TOKEN_FILE)", config.token_file)):
+        if not path.is_file():
+            raise UsageError(f"{what}: {path} does not exist")
+    return grpc_signer(config.ca_address, token_file=config.token_file, root_cert=config.ca_root_cert,
+                       ttl=config.cert_ttl)
 
 
 def local_signer(config: ProxyConfig) -> Signer:
     """Sign CSRs for the workload's identity with the cacerts directory of ``config``."""
-    if config.ca_dir is None:
-        raise UsageError("--ca-dir (WEIR_CA_DIR): required (the CSR service over the network is not there yet)")
+    assert config.ca_dir is not None
     try:
         ca = CertificateAuthority.from_cacerts(config.ca_dir, trust_domain=config.trust_domain)
     except (CacertsError, ValueError) as exc:
@@ -69,17 +96,18 @@ def local_signer(config: ProxyConfig) -> Signer:
     identity = config.identity
 
     def sign(csr_pem: bytes) -> Issued:
-        return ca.sign(csr_pem, identity=identity, ttl=WORKLOAD_TTL)
+        return ca.sign(csr_pem, identity=identity, ttl=config.cert_ttl)
     return sign
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "group", "verb", "log_format")}
+    ignored = ("func", "group", "verb", "log_format", "kind", "domain", "component_log_level", "log_output_level")
+    flags = {k: v for k, v in vars(args).items() if k not in ignored}
     try:
         config = config_from(flags, os.environ)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    sign = local_signer(config)
+    sign = signer(config)
     log_format = args.log_format or os.environ.get("WEIR_LOG_FORMAT", "auto")
     if log_format not in ("json", "text", "auto"):
         raise UsageError(f"--log-format: invalid value {log_format!r}: expected json, text or auto")

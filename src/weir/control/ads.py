@@ -7,17 +7,21 @@ UNIMPLEMENTED) on a TCP address (``127.0.0.1:0`` picks a port) or a UNIX socket
 version, so the server knows nothing of how nodes map to pods. Per stream:
 
 - the first request must carry the node (Envoy's ``set_node_on_first_message_only``);
-- each type URL (CDS, LDS, RDS; others are logged and left unanswered) is answered with a
-  ``DiscoveryResponse`` of the current version: all clusters and listeners (wildcard), the
-  route configurations by the names Envoy asks for;
+- each type URL (CDS, LDS, RDS and NDS; others are logged and left unanswered) is answered
+  with a ``DiscoveryResponse`` of the current version: all clusters and listeners (wildcard),
+  the route configurations by the names Envoy asks for, and the proxy's DNS name table
+  (Istio's ``istio.networking.nds.v1.NameTable``, one unnamed resource, wildcard) when
+  ``resources_for`` gives one (``EnvoyResources.name_table``; without it NDS is not answered).
+  Envoy never asks for NDS: the sidecar agent's DNS proxy does, on a stream of its own
+  (:mod:`weir.agent.nds`), and is answered, ACKs and NACKs like any proxy;
 - a request that echoes the last nonce is an ACK (Envoy applied ``version_info``) or, with
   ``error_detail``, a NACK: logged with the node id, recorded, and not answered, so Envoy
   keeps its last good version until the config changes; a request echoing an older nonce is
   stale and ignored;
 - :meth:`AdsServer.set_snapshot` bumps the version (an increasing integer, as a string) and
   wakes every stream's pusher, which sends each subscribed type in :data:`PUSH_ORDER`
-  (clusters before the listeners that use them). Wake-ups coalesce: a slow proxy gets the
-  latest version, not a backlog.
+  (clusters before the listeners that use them, the name table last). Wake-ups coalesce: a
+  slow proxy gets the latest version, not a backlog.
 
 Each stream runs a reader and a pusher task (named after the stream, kept by reference);
 both write under the stream's lock, and ``await`` on the write, so a proxy that does not
@@ -44,16 +48,26 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
 from weir.control.compile import EnvoyResources
-from weir.control.xds_convert import CLUSTER, LISTENER, PUSH_ORDER, ROUTE, SHORT_NAMES, ConversionError, Packed, pack
+from weir.control.xds_convert import (
+    CLUSTER,
+    LISTENER,
+    NAME_TABLE,
+    PUSH_ORDER,
+    ROUTE,
+    SHORT_NAMES,
+    ConversionError,
+    Packed,
+    pack,
+)
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 SERVICE: Final = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD: Final = "StreamAggregatedResources"
-SERVED: Final = frozenset({CLUSTER, LISTENER, ROUTE})
-WILDCARD: Final = frozenset({CLUSTER, LISTENER})
-"""Types where an empty ``resource_names`` means every resource (LDS and CDS in SotW)."""
+SERVED: Final = frozenset({CLUSTER, LISTENER, ROUTE, NAME_TABLE})
+WILDCARD: Final = frozenset({CLUSTER, LISTENER, NAME_TABLE})
+"""Types where an empty ``resource_names`` means every resource (LDS and CDS in SotW, and NDS)."""
 DEFAULT_GRACE: Final = 5.0
 
 
@@ -106,7 +120,7 @@ class ProxyStatus:
     connected_at: float
     """Wall-clock seconds (from the injected clock) when the stream opened."""
     types: Mapping[str, TypeStatus]
-    """By short name: ``CDS``, ``LDS``, ``RDS``."""
+    """By short name: ``CDS``, ``LDS``, ``RDS``, ``NDS``: the types this stream asked for."""
 
 
 @dataclass
@@ -294,8 +308,10 @@ class AdsServer(Generic[S]):
         packed = self._packed(stream)
         if packed is None:
             return
+        if type_url not in packed:  # no name table for this proxy: leave NDS unanswered
+            return
         state = stream.types[type_url]
-        items = packed.get(type_url, ())
+        items = packed[type_url]
         if state.names:
             items = tuple(p for p in items if p.name in state.names)
         elif type_url not in WILDCARD:

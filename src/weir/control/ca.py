@@ -19,6 +19,7 @@ Kubernetes or the workload side (``weir.agent``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tempfile
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from weir.api.names import dns1123_subdomain
 from weir.api.spiffe import SpiffeId, trust_domain_problem
 from weir.pki import find_issuer
 
@@ -88,6 +90,17 @@ class SignedCert:
     cert_pem: bytes
     chain_pem: bytes
     root_pem: bytes
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class ServingCert:
+    """A TLS server certificate the CA issued for the control plane itself (istiod's DNS
+    certificate, served on 15012). ``cert_chain_pem`` is what a TLS server sends: the leaf,
+    then the CA's chain without the root."""
+
+    cert_chain_pem: bytes
+    key_pem: bytes = field(repr=False)
     not_after: datetime
 
 
@@ -319,6 +332,53 @@ class CertificateAuthority:
                 .sign(self.key, _hash_for(self.key)))
         return SignedCert(cert_pem=_pems([cert]), chain_pem=self.chain_pem, root_pem=self.root_pem,
                           not_after=cert.not_valid_after_utc)
+
+    def serving_cert(self, dns_names: Sequence[str],
+                     ips: Sequence[str | ipaddress.IPv4Address | ipaddress.IPv6Address] = (), *,
+                     ttl: timedelta) -> ServingCert:
+        """A fresh EC P-256 key and a server certificate for ``dns_names`` and ``ips`` (DNS and
+        IP SANs, critical; empty subject), serverAuth, CA:false, valid from ``now - 1 min`` to
+        ``now + ttl`` capped by the CA chain's earliest expiry. Clients that trust this CA's
+        roots can then verify the control plane by name, as Istio's agents verify istiod."""
+        names = list(dns_names)
+        addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        for name in names:
+            problem = dns1123_subdomain(name)
+            if problem is not None:
+                raise ValueError(f"serving certificate DNS name {name!r} {problem}")
+        for ip in ips:
+            try:
+                addresses.append(ipaddress.ip_address(ip))
+            except ValueError:
+                raise ValueError(f"serving certificate IP {ip!r} is not an IP address") from None
+        if not names and not addresses:
+            raise ValueError("a serving certificate needs at least one DNS name or IP address")
+        if ttl <= timedelta(0):
+            raise ValueError(f"serving certificate ttl must be positive, not {ttl}")
+        now = _aware(self.clock())
+        ca_expiry = self.not_after
+        if now >= ca_expiry:
+            raise SigningError(f"the CA cannot sign: its chain expired at {ca_expiry.isoformat()}")
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(names)]
+        sans += [x509.IPAddress(a) for a in dict.fromkeys(addresses)]
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([]))
+                .issuer_name(self.cert.subject)
+                .public_key(key.public_key())
+                .serial_number(random_serial())
+                .not_valid_before(now - CLOCK_SKEW)
+                .not_valid_after(min(now + ttl, ca_expiry))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(_key_usage(digital_signature=True, key_encipherment=True), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.SubjectAlternativeName(sans), critical=True)
+                .add_extension(_authority_key_id(self.cert, self.key), critical=False)
+                .sign(self.key, _hash_for(self.key)))
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        return ServingCert(cert_chain_pem=_pems([cert, *(c for c in self.chain if c not in self.roots)]),
+                           key_pem=key_pem, not_after=cert.not_valid_after_utc)
 
 
 def random_serial() -> int:

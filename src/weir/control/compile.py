@@ -83,6 +83,9 @@ class EnvoyResources:
     """RouteConfigurations (for RDS; with ``Options(rds=False)`` the listeners carry them inline)."""
     secrets: tuple[str, ...]
     """Names of the SDS secrets referenced (``ROOTCA``, ``default``)."""
+    name_table: JSON | None = None
+    """The DNS name table (NDS, :func:`weir.control.nds.name_table`) for the proxy's agent; ``None``:
+    none is served (:func:`compile_proxy` leaves it to the caller, so Envoy's config does not depend on it)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"listeners": list(self.listeners), "clusters": list(self.clusters), "routes": list(self.routes),
@@ -257,7 +260,8 @@ class _Compiler:
                 {"name": f"inbound|http|{inbound.port}", "domains": ["*"],
                  "routes": [{"name": "default", "match": {"prefix": "/"},
                              "route": {"cluster": cluster, "timeout": "0s"}}]}]}
-            filters = [es.http_connection_manager(f"inbound_0.0.0.0_{inbound.port}", route_config=route)]
+            filters = [es.http_connection_manager(f"inbound_0.0.0.0_{inbound.port}", route_config=route,
+                                                  forward_client_cert=True)]
         else:
             filters = [es.tcp_proxy(cluster)]
         alpn = HTTP_ALPN if http else MTLS_ALPN

@@ -50,9 +50,18 @@ def tcp_proxy(cluster: str, stat_prefix: str | None = None) -> JSON:
             "typed_config": {"@type": TCP_PROXY, "stat_prefix": stat_prefix or cluster, "cluster": cluster}}
 
 
-def http_connection_manager(stat_prefix: str, *, route_config: JSON | None = None, rds_name: str = "") -> JSON:
-    """An HCM with the router filter; routes inline (``route_config``) or from RDS over ADS."""
+def http_connection_manager(stat_prefix: str, *, route_config: JSON | None = None, rds_name: str = "",
+                            forward_client_cert: bool = False) -> JSON:
+    """An HCM with the router filter; routes inline (``route_config``) or from RDS over ADS.
+
+    ``forward_client_cert`` (Istio's inbound sidecar): the peer's identity reaches the application in
+    ``x-forwarded-client-cert`` (``By=<own SPIFFE ID>;Hash=...;URI=<peer SPIFFE ID>``), appended to
+    what a mesh client forwarded.
+    """
     config: JSON = {"@type": HCM, "stat_prefix": stat_prefix, "codec_type": "AUTO"}
+    if forward_client_cert:
+        config["forward_client_cert_details"] = "APPEND_FORWARD"
+        config["set_current_client_cert_details"] = {"subject": True, "dns": True, "uri": True}
     if route_config is not None:
         config["route_config"] = route_config
     else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - this is the control plane's driver (watcher task, ADS server)
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -27,14 +27,21 @@ from weir.api.errors import ManifestError
 from weir.api.load import Resource
 from weir.api.pod_parse import parse_pod
 from weir.control.ads import AdsServer, NodeInfo, ProxyStatus
+from weir.control.casvc import DEFAULT_PORT as CA_PORT
+from weir.control.casvc import CaServer, CaService
 from weir.control.compile import EnvoyResources, Options, ProxyInfo, compile_proxy
+from weir.control.nds import name_table
 from weir.control.registry import Registry, Snapshot, build_registry
 from weir.control.store import ConfigStore
+from weir.platform.httpserve import Answer, HttpServer
 from weir.platform.local import PodRecord, PodStore
+from weir.platform.nds import AGENT_CLIENT, AGENT_CLIENT_KEY
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ADS_ADDRESS = "127.0.0.1:15010"
+DEFAULT_DEBUG_ADDRESS = "127.0.0.1:15014"
+"""istiod's monitoring and debug port: ``/ready``, ``/debug/syncz``, ``/debug/registryz``, ``/debug/status``."""
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_OPTIONS = Options()
 
@@ -91,8 +98,20 @@ class ControlPlane:
     """See the module docstring. ``runtime_db``: the embedded runtime's pod database, if any."""
 
     def __init__(self, store_path: str, runtime_db: str | None = None, *, ads_address: str = DEFAULT_ADS_ADDRESS,
-                 poll_interval: float = DEFAULT_POLL_INTERVAL, options: Options = DEFAULT_OPTIONS) -> None:
+                 poll_interval: float = DEFAULT_POLL_INTERVAL, options: Options = DEFAULT_OPTIONS,
+                 debug_address: str | None = None, ca: CaService | None = None,
+                 ca_address: str | None = None) -> None:
         self.store = ConfigStore(store_path)
+        self.ca_server: CaServer | None = None
+        self.ca_address = ca_address
+        if ca is not None:
+            if ca.pod_check is None and runtime_db is not None:
+                ca.pod_check = self._pod_exists
+            self.ca_server = CaServer(ca)
+        self.debug: HttpServer | None = None
+        if debug_address is not None:
+            host, _, port = debug_address.rpartition(":")
+            self.debug = HttpServer(self._debug, host, int(port))
         self.runtime_db = runtime_db
         self.ads_address = ads_address
         self.poll_interval = poll_interval
@@ -105,7 +124,19 @@ class ControlPlane:
         self._watcher: asyncio.Task[None] | None = None
 
     def _resources_for(self, node: NodeInfo, config: MeshConfig) -> EnvoyResources:
-        return compile_proxy(config.snapshot, config.registry, proxy_info(node.metadata), self.options)
+        table = name_table(config.registry)
+        if node.metadata.get(AGENT_CLIENT_KEY) == AGENT_CLIENT:
+            # the sidecar agent's own stream asks only for DNS tables: compile no Envoy config for it
+            return EnvoyResources(listeners=(), clusters=(), routes=(), secrets=(), name_table=table)
+        info = proxy_info(node.metadata)
+        if not info.labels:  # an agent that sent no labels: the pod's own, from the runtime or the store
+            pod = next((p for p in config.snapshot.pods
+                        if (p.metadata.namespace, p.metadata.name) == (info.namespace, info.name)), None)
+            if pod is not None:
+                info = replace(info, labels=MappingProxyType(dict(pod.metadata.labels)),
+                               service_account=pod.spec.service_account_name)
+        resources = compile_proxy(config.snapshot, config.registry, info, self.options)
+        return replace(resources, name_table=table)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -113,6 +144,16 @@ class ControlPlane:
         """Build the first snapshot, serve ADS and start the watcher; returns the bound ADS address."""
         await self.refresh()
         self._address = await self.ads.start(self.ads_address)
+        try:
+            if self.ca_server is not None:
+                self.ca_address = await self.ca_server.start(self.ca_address or f"127.0.0.1:{CA_PORT}")
+            if self.debug is not None:
+                await self.debug.start()
+        except OSError:
+            if self.ca_server is not None:
+                await self.ca_server.stop(0)
+            await self.ads.stop(0)
+            raise
         self._watcher = asyncio.create_task(self._watch(), name="control-watch")
         return self._address
 
@@ -121,7 +162,17 @@ class ControlPlane:
         if watcher is not None:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
+        if self.debug is not None:
+            await self.debug.stop()
+        if self.ca_server is not None:
+            await self.ca_server.stop(grace)
         await self.ads.stop(grace)
+
+    def _pod_exists(self, namespace: str, name: str, uid: str) -> bool:
+        """The CA's check that a token's pod (that very uid) still runs on this node."""
+        assert self.runtime_db is not None
+        record = PodStore(self.runtime_db).get(namespace, name)
+        return record is not None and record.uid == uid and not record.deleting
 
     async def _watch(self) -> None:
         while True:
@@ -183,3 +234,37 @@ class ControlPlane:
                              services=len(config.registry.services) if config else 0,
                              pods=len(config.snapshot.pods) if config else 0,
                              last_error=self._last_error, proxies=self.ads.status())
+
+    # --- debug endpoints (istiod's :15014) --------------------------------------------------
+
+    async def _debug(self, path: str, query: str) -> Answer:
+        if path == "/ready":
+            ready = self._config is not None and bool(self._address)
+            return Answer(200 if ready else 503, "ready\n" if ready else "no config served yet\n")
+        if path == "/debug/syncz":
+            return Answer.json([proxy_status_json(p) for p in self.ads.status()])
+        if path == "/debug/status":
+            return Answer.json(status_json(self.status()))
+        if path == "/debug/registryz":
+            config = self._config
+            return Answer.json([] if config is None else [
+                {"hostname": s.hostname, "namespace": s.namespace, "vip": str(s.vip) if s.vip else None,
+                 "resolution": s.resolution, "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol}
+                                                      for p in s.ports],
+                 "endpoints": {str(port): [f"{e.address}:{e.port}" for e in eps] for port, eps in s.endpoints.items()}}
+                for s in config.registry.services])
+        return Answer(404, f"no such endpoint: {path} (try /ready, /debug/syncz, /debug/status, /debug/registryz)\n")
+
+
+def proxy_status_json(proxy: ProxyStatus) -> dict[str, Any]:
+    meta = proxy.node.metadata
+    return {"id": proxy.node.id, "namespace": meta.get("NAMESPACE", ""), "name": meta.get("NAME", ""),
+            "peer": proxy.peer, "connected_at": proxy.connected_at,
+            "types": {name: {"sent": t.sent_version, "acked": t.acked_version, "state": t.state,
+                             "nack": t.last_nack.message if t.last_nack else ""} for name, t in proxy.types.items()}}
+
+
+def status_json(status: ControlStatus) -> dict[str, Any]:
+    return {"address": status.address, "store_version": status.store_version,
+            "config_version": status.config_version, "services": status.services, "pods": status.pods,
+            "last_error": status.last_error, "proxies": [proxy_status_json(p) for p in status.proxies]}

@@ -1,10 +1,11 @@
-"""Envoy resources as protobuf: the JSON-able dicts of :mod:`weir.control.compile` -> ``Any`` messages.
+"""xDS resources as protobuf: the JSON-able dicts of :mod:`weir.control.compile` -> ``Any`` messages.
 
 :func:`to_message` parses one resource dict into its v3 message (``Listener``, ``Cluster``,
 ``RouteConfiguration`` ...) with ``google.protobuf.json_format.ParseDict``, strictly: an
 unknown field or a bad value raises :class:`ConversionError`, naming the type and the resource.
 :func:`pack` turns a whole :class:`~weir.control.compile.EnvoyResources` into ``google.protobuf.Any``
-messages by type URL, in the order the ADS server sends them (clusters before listeners).
+messages by type URL, in the order the ADS server sends them (clusters before listeners), with
+the proxy's DNS name table (Istio's NDS, :mod:`weir.platform.nds`) when it has one.
 
 A ``typed_config``'s ``@type`` resolves through protobuf's default descriptor pool, which knows
 a message only once its ``*_pb2`` module is imported: the imports below register every type
@@ -36,6 +37,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import any_pb2, json_format, message
 
 from weir.control.compile import EnvoyResources
+from weir.platform import nds
 
 _PREFIX: Final = "type.googleapis.com/"
 LISTENER: Final = _PREFIX + "envoy.config.listener.v3.Listener"
@@ -43,6 +45,8 @@ CLUSTER: Final = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ROUTE: Final = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 ENDPOINT: Final = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET: Final = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+NAME_TABLE: Final = nds.TYPE_URL
+"""Istio's NDS: the agent's DNS proxy asks for it on its own stream; Envoy never does."""
 
 MESSAGES: Final[Mapping[str, type[message.Message]]] = MappingProxyType({
     LISTENER: listener_pb2.Listener,
@@ -50,18 +54,26 @@ MESSAGES: Final[Mapping[str, type[message.Message]]] = MappingProxyType({
     ROUTE: route_pb2.RouteConfiguration,
     ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     SECRET: secret_pb2.Secret,
+    NAME_TABLE: nds.NameTable,
 })
 """The resource types weir's ADS knows, by type URL."""
 
 SHORT_NAMES: Final[Mapping[str, str]] = MappingProxyType({
-    CLUSTER: "CDS", LISTENER: "LDS", ROUTE: "RDS", ENDPOINT: "EDS", SECRET: "SDS"})
+    CLUSTER: "CDS", LISTENER: "LDS", ROUTE: "RDS", ENDPOINT: "EDS", SECRET: "SDS", NAME_TABLE: "NDS"})
 
-PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-"""Envoy warms clusters (and their endpoints) before the listeners that use them, then routes."""
+PUSH_ORDER: Final = (CLUSTER, ENDPOINT, LISTENER, ROUTE, NAME_TABLE)
+"""Envoy warms clusters (and their endpoints) before the listeners that use them, then routes.
+The name table comes last: it goes on the agent's stream, not Envoy's, so its place does not
+order it against Envoy's types; last says that a name should not resolve before the listeners
+for its address are sent (a stream that took every type would get it in that order)."""
 
 
 class ConversionError(ValueError):
     """A resource dict is not a valid message of its type; the message names both."""
+
+
+NAME_TABLE_RESOURCE: Final = ""
+"""The name table's resource name: Istio sends one unnamed ``NameTable`` per response."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,11 @@ def pack_all(type_url: str, resources: Iterable[Mapping[str, Any]]) -> tuple[Pac
 
 
 def pack(resources: EnvoyResources) -> dict[str, tuple[Packed, ...]]:
-    """Every resource of ``resources`` by type URL (CDS, LDS, RDS), packed; raises :class:`ConversionError`."""
-    return {CLUSTER: pack_all(CLUSTER, resources.clusters),
-            LISTENER: pack_all(LISTENER, resources.listeners),
-            ROUTE: pack_all(ROUTE, resources.routes)}
+    """Every resource of ``resources`` by type URL (CDS, LDS, RDS, and NDS when ``name_table`` is set),
+    packed; raises :class:`ConversionError`."""
+    packed = {CLUSTER: pack_all(CLUSTER, resources.clusters),
+              LISTENER: pack_all(LISTENER, resources.listeners),
+              ROUTE: pack_all(ROUTE, resources.routes)}
+    if resources.name_table is not None:
+        packed[NAME_TABLE] = (Packed(NAME_TABLE_RESOURCE, to_any(NAME_TABLE, resources.name_table)),)
+    return packed

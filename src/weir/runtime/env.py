@@ -1,5 +1,7 @@
 """A container's environment as kubelet builds it: literal values, and ``valueFrom`` resolved
-from the pod (``fieldRef``) and the container's resources (``resourceFieldRef``). Pure."""
+from the pod (``fieldRef``) and the container's resources (``resourceFieldRef``), with
+Kubernetes' ``$(VAR)`` references expanded in values (earlier variables only) and in the
+command and arguments (:func:`expand`). Pure."""
 
 from __future__ import annotations
 
@@ -58,10 +60,27 @@ def _resource(pod: Pod, container: Container, ref: ResourceFieldRef) -> str:
     return str(math.ceil(value))
 
 
+_REFERENCE = re.compile(r"\$(\$|\(([A-Za-z_][A-Za-z0-9_.-]*)\))")
+
+
+def expand(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' variable expansion: ``$(NAME)`` becomes its value when ``NAME`` is defined and stays
+    as written when it is not; ``$$`` is an escaped ``$`` (``$$(NAME)`` -> ``$(NAME)``)."""
+    def one(m: re.Match[str]) -> str:
+        if m.group(1) == "$":
+            return "$"
+        return env.get(m.group(2), m.group(0))
+    return _REFERENCE.sub(one, text)
+
+
 def container_env(pod: Pod, container: Container, status: Mapping[str, Any], node_ip: str = "",
-                  tools_dir: str = "") -> dict[str, str]:
-    """``tools_dir`` (the node's ``weir`` launcher) comes first on PATH, as an image's tools would."""
+                  tools_dir: str = "", pod_dir: str = "") -> dict[str, str]:
+    """``tools_dir`` (the node's ``weir`` launcher) comes first on PATH, as an image's tools would.
+    ``pod_dir`` (the runtime's directory for this pod: its token, trust bundle and scratch space,
+    what volumes are in Kubernetes) is given as ``WEIR_POD_DIR``."""
     env = {"PATH": f"{tools_dir}:{DEFAULT_PATH}" if tools_dir else DEFAULT_PATH, "HOSTNAME": pod.metadata.name}
+    if pod_dir:
+        env["WEIR_POD_DIR"] = pod_dir
     for var in container.env:
         source = var.value_from
         if isinstance(source, FieldRef):
@@ -69,5 +88,10 @@ def container_env(pod: Pod, container: Container, status: Mapping[str, Any], nod
         elif isinstance(source, ResourceFieldRef):
             env[var.name] = _resource(pod, container, source)
         else:
-            env[var.name] = var.value
+            env[var.name] = expand(var.value, env)
     return env
+
+
+def container_argv(container: Container, env: Mapping[str, str]) -> list[str]:
+    """The command and arguments with ``$(VAR)`` expanded from the container's environment."""
+    return [expand(part, env) for part in (*container.command, *container.args)]

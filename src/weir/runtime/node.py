@@ -41,6 +41,12 @@ class NodeConfig:
     fail_open_namespaces: tuple[str, ...] = ()
     backoff_seconds: float = 10.0
     cni_version: str = "1.0.0"
+    token_key: str = ""
+    """A key file (:mod:`weir.pki.tokens`): each pod gets a service-account token signed with it in
+    ``<pod dir>/token``, as kubelet projects one (audience ``istio-ca``). Empty: no tokens."""
+    ca_root_cert: str = ""
+    """The mesh's trust bundle; copied into each pod as ``<pod dir>/root-cert.pem`` (Istio's
+    ``istio-ca-root-cert`` ConfigMap). Empty: none."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def _p(self, *parts: str) -> str:
@@ -78,6 +84,14 @@ class NodeConfig:
     @property
     def db(self) -> str:
         return self._p("var", "lib", "weir", "runtime.db")
+
+    @property
+    def pods_dir(self) -> str:
+        return self._p("var", "lib", "weir", "pods")
+
+    def pod_dir(self, uid: str) -> str:
+        """What volumes are for a pod in Kubernetes: its token, trust bundle and a scratch directory."""
+        return os.path.join(self.pods_dir, uid)
 
     @property
     def log_dir(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 from weir.api.pod import Pod, parse_pod
 from weir.netns import NetNS, run_in
 from weir.platform.local import PodRecord, PodStore
+from weir.runtime import podfiles
 from weir.runtime import status as st
 from weir.runtime.cni import CniError as RuntimeCniError
 from weir.runtime.cni import ConfList, Network, RuntimeConf
@@ -48,6 +49,8 @@ class PodPreconditionError(PodError):
 @dataclass(frozen=True)
 class ExecResult:
     returncode: int
+    stdout: str = ""
+    """What the command printed, when run with ``capture=True``."""
 
 
 def _netns_name(uid: str) -> str:
@@ -118,6 +121,8 @@ class Runtime:
         netns = os.path.join(NETNS_DIR, name)
         undo: list[tuple[str, Any]] = [("record", uid)]
         try:
+            undo.append(("files", uid))
+            podfiles.create(self.node, pod, uid)
             self._ip("netns", "add", name)
             undo.append(("netns", name))
             network = self.network()
@@ -152,6 +157,8 @@ class Runtime:
                     self._ip("netns", "del", what)
                 elif kind == "record":
                     self.store.delete(what)
+                elif kind == "files":
+                    podfiles.remove(self.node, what)
 
     def _ip(self, *args: str) -> None:
         out = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
@@ -166,7 +173,8 @@ class Runtime:
         with open(os.path.join(log_dir, "shim.log"), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "weir.runtime.shim", "--db", self.node.db, "--uid", uid, "--log-dir", log_dir,
-                 "--backoff", str(self.node.backoff_seconds), "--tools-dir", self.node.tools_dir],
+                 "--backoff", str(self.node.backoff_seconds), "--tools-dir", self.node.tools_dir,
+                 "--pod-dir", self.node.pod_dir(uid)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self.store.update(uid, shim_pid=proc.pid)
@@ -229,6 +237,7 @@ class Runtime:
         if errors:
             raise PodError(f"pod {namespace}/{name} was not fully removed (run `weir pod rm` again): "
                            + "; ".join(errors))
+        podfiles.remove(self.node, record.uid)
         self.store.delete(record.uid)
 
     def _expect(self, namespace: str, name: str, uid: str | None) -> PodRecord:
@@ -271,7 +280,10 @@ class Runtime:
             raise PodError(f"container {name!r} has no previous run")
         return os.path.join(self.node.log_dir, f"{record.namespace}_{record.name}_{record.uid}", name, f"{count}.log")
 
-    def exec(self, namespace: str, name: str, container: str | None, argv: Sequence[str]) -> ExecResult:
+    def exec(self, namespace: str, name: str, container: str | None, argv: Sequence[str], *,
+             capture: bool = False, timeout: float | None = None) -> ExecResult:
+        """Run ``argv`` in the pod as ``container`` (its uid, gid and environment), as ``kubectl exec``.
+        ``capture``: return its standard output instead of passing it through."""
         record = self.get(namespace, name)
         if not record.netns or not NetNS(record.netns).exists():
             raise PodError(f"pod {namespace}/{name} has no running sandbox")
@@ -280,12 +292,17 @@ class Runtime:
                        if c.name == (container or pod.spec.containers[0].name)), None)
         if chosen is None:
             raise PodError(f"pod {namespace}/{name} has no container {container!r}")
-        env = container_env(pod, chosen, record.status, tools_dir=self.node.tools_dir)
+        env = container_env(pod, chosen, record.status, tools_dir=self.node.tools_dir,
+                            pod_dir=self.node.pod_dir(record.uid))
         argv = ["setpriv", f"--reuid={chosen.uid(pod)}", f"--regid={chosen.gid(pod)}", "--clear-groups", "--",
                 *argv]
 
-        def go() -> int:
-            return subprocess.call(argv, env=env, cwd=chosen.working_dir or "/")
+        def go() -> ExecResult:
+            if not capture:
+                return ExecResult(subprocess.call(argv, env=env, cwd=chosen.working_dir or "/", timeout=timeout))
+            out = subprocess.run(argv, env=env, cwd=chosen.working_dir or "/", stdout=subprocess.PIPE, text=True,
+                                 check=False, timeout=timeout)
+            return ExecResult(out.returncode, out.stdout)
 
-        return ExecResult(run_in(NetNS(record.netns), go))
+        return run_in(NetNS(record.netns), go)
 

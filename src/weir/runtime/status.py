@@ -1,14 +1,18 @@
 """Pod status as Kubernetes keeps it, as pure functions over plain dicts (the JSON shape the
 API shows: ``phase``, ``podIP``, ``initContainerStatuses``, ``containerStatuses`` with
-``state``, ``lastState``, ``restartCount``), so that tools written for Kubernetes (Istio's
-repair controller among them) read the embedded runtime's pods unchanged.
+``state``, ``lastState``, ``restartCount``, ``started``, ``ready``, and the pod's
+``conditions``), so that tools written for Kubernetes (Istio's repair controller among them)
+read the embedded runtime's pods unchanged.
+
+Native sidecars (init containers with ``restartPolicy: Always``) are told apart by name: the
+functions that need to know take ``sidecars``, the names of those init containers.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 Status = dict[str, Any]
@@ -67,9 +71,21 @@ def set_ip(status: Status, ips: Sequence[str]) -> Status:
     return out
 
 
-def running(status: Status, name: str, at: float) -> Status:
+def running(status: Status, name: str, at: float, *, started: bool = True, ready: bool | None = None) -> Status:
+    """The container runs since ``at``. ``started`` is false while a startup probe has not passed;
+    ``ready`` (by default: ``started``) is false while a readiness probe has not passed."""
     entry = _find(status, name)
-    entry.update(state={"running": {"startedAt": now_iso(at)}}, ready=True, started=True)
+    entry.update(state={"running": {"startedAt": now_iso(at)}}, started=started,
+                 ready=started if ready is None else ready and started)
+    return _put(status, entry)
+
+
+def probed(status: Status, name: str, *, started: bool, ready: bool) -> Status:
+    """A running container's probe results (a container that does not run stays unstarted, unready)."""
+    entry = _find(status, name)
+    if "running" not in entry.get("state", {}):
+        return status
+    entry.update(started=started, ready=ready and started)
     return _put(status, entry)
 
 
@@ -112,19 +128,69 @@ def backoff_delay(restarts: int, initial_delay: float = BACKOFF_INITIAL, maximum
     return float(min(maximum, initial_delay * (2 ** max(0, restarts))))
 
 
-def with_phase(status: Status, phase: str) -> Status:
+def with_phase(status: Status, phase: str, sidecars: Collection[str] = (), at: float | None = None) -> Status:
+    """The pod's ``phase`` and its conditions as kubelet derives them from the container statuses:
+    ``Initialized`` (every init container completed and every native sidecar started, or any
+    container started already), ``ContainersReady`` and ``Ready`` (every container and native
+    sidecar ready). A condition's ``lastTransitionTime`` (``at``, default now) changes only when
+    its status flips; a false one says why in ``reason`` and ``message``."""
     out = copy.deepcopy(status)
     out["phase"] = phase
-    ready = phase == "Running" and all(c.get("ready") for c in out.get("containerStatuses", []))
-    initialized = all(completed(c) or c.get("started") for c in out.get("initContainerStatuses", []))
     conditions = {c["type"]: c for c in out.get("conditions", [])}
-    for kind, value in (("Initialized", initialized), ("ContainersReady", ready), ("Ready", ready)):
+    for kind, why in (("Initialized", _not_initialized(out, phase, sidecars)),
+                      ("ContainersReady", _not_ready(out, phase, sidecars)),
+                      ("Ready", _not_ready(out, phase, sidecars))):
         old = conditions.get(kind)
-        text = "True" if value else "False"
-        if old is None or old.get("status") != text:
-            conditions[kind] = {"type": kind, "status": text, "lastTransitionTime": now_iso()}
+        text = "False" if why else "True"
+        new: dict[str, Any] = {"type": kind, "status": text}
+        if why:
+            new["reason"], new["message"] = why
+            if not new["message"]:
+                del new["message"]
+        changed = old is None or old.get("status") != text
+        new["lastTransitionTime"] = now_iso(at) if changed or old is None else old.get("lastTransitionTime")
+        conditions[kind] = new
     out["conditions"] = list(conditions.values())
     return out
+
+
+def _not_initialized(status: Status, phase: str, sidecars: Collection[str]) -> tuple[str, str] | None:
+    inits = status.get("initContainerStatuses", [])
+    if not inits or phase == "Succeeded" or any(ever_started(c) for c in status.get("containerStatuses", [])):
+        return None  # a regular container started: the pod was initialized (its sidecars may restart since)
+    incomplete = [c["name"] for c in inits
+                  if not (c.get("started") if c["name"] in sidecars else completed(c))]
+    return ("ContainersNotInitialized", f"containers with incomplete status: {_names(incomplete)}") \
+        if incomplete else None
+
+
+def _not_ready(status: Status, phase: str, sidecars: Collection[str]) -> tuple[str, str] | None:
+    if phase == "Succeeded":
+        return "PodCompleted", ""
+    if phase == "Failed":
+        return "PodFailed", ""
+    entries = [c for c in status.get("initContainerStatuses", []) if c["name"] in sidecars]
+    unready = [c["name"] for c in (*entries, *status.get("containerStatuses", [])) if not c.get("ready")]
+    return ("ContainersNotReady", f"containers with unready status: {_names(unready)}") if unready else None
+
+
+def _names(names: Sequence[str]) -> str:
+    return f"[{' '.join(names)}]"  # as kubelet prints a Go slice
+
+
+def ever_started(entry: dict[str, Any]) -> bool:
+    """The container has run at some point (it runs, ended, or ended before a restart)."""
+    state = entry.get("state", {})
+    return "running" in state or "terminated" in state or "terminated" in (entry.get("lastState") or {})
+
+
+def ready_count(status: Status, sidecars: Collection[str] = ()) -> tuple[int, int]:
+    """kubectl's READY column, ``(ready, total)``: the containers and the native sidecars; a sidecar
+    counts as ready only once it has started."""
+    entries = [c for c in status.get("initContainerStatuses", []) if c["name"] in sidecars]
+    ready = sum(1 for c in entries if c.get("started") and c.get("ready"))
+    containers = status.get("containerStatuses", [])
+    return ready + sum(1 for c in containers if c.get("ready")), len(entries) + len(containers)
 
 
 def completed(entry: dict[str, Any]) -> bool:

@@ -1,5 +1,8 @@
-"""X.509 helpers shared by the CA (``weir.control.ca``) and the workload side (``weir.agent.certs``),
-which may not import each other."""
+"""Identity material shared by layers that may not import each other.
+
+This module: X.509 helpers for the CA (``weir.control.ca``) and the workload side
+(``weir.agent.certs``). :mod:`weir.pki.tokens`: the workload identity tokens the runtime mints
+for pods and the CA service (``weir.control.casvc``) verifies."""
 
 from __future__ import annotations
 
