@@ -850,6 +850,8 @@ def test_virtual_service_gateways_wildcard_host_and_presence_match() -> None:
 
 @pytest.mark.parametrize(("path", "value", "expected"), [
     ((*ROUTE0, "weight"), -1, "spec.http[0].route[0].weight: must not be negative, got -1"),
+    ((*HTTP0, "route"), [{"destination": {"host": "reviews"}, "weight": -5}],
+     "spec.http[0].route[0].weight: must not be negative, got -5"),  # a lone destination too, as Istio
     ((*ROUTE0, "weight"), "80", 'spec.http[0].route[0].weight: expected an integer, got string "80"'),
     (("spec", "hosts"), ["*"], 'spec.hosts[0]: the host "*" is allowed only for gateways'),
     (("spec", "hosts"), ["reviews", "reviews"], 'spec.hosts[1]: duplicate host: "reviews" overlaps "reviews"'),

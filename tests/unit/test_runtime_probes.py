@@ -139,6 +139,8 @@ def test_failures_are_reported_when_new_and_then_seldom() -> None:
     assert not tracker.should_report("refused", 10.0)
     assert tracker.should_report("timeout", 11.0)
     assert tracker.should_report("timeout", 72.0)
+    tracker.observe(True)
+    assert tracker.should_report("timeout", 73.0), "a failure after a pass is news"
 
 
 def test_kubelet_words() -> None:

@@ -116,14 +116,14 @@ def weights(entries: list[tuple[str, Doc]], path: str, problems: Problems) -> li
     (Istio once required a total of 100; it no longer does).
     """
     given = [rd.integer(entry, "weight") for _, entry in entries]
-    if len(entries) == 1:
-        return [100]
     checked = all(rd.absent(entry, "weight") or weight is not None
                   for (_, entry), weight in zip(entries, given, strict=True))
     for (epath, _), weight in zip(entries, given, strict=True):
-        if weight is not None and weight < 0:
+        if weight is not None and weight < 0:  # refused even on a lone destination, as Istio does
             problems.add(f"{epath}.weight", f"must not be negative, got {weight}")
             checked = False
+    if len(entries) == 1:
+        return [100]
     total = sum(w for w in given if w is not None)
     if entries and checked and total == 0:
         problems.add(path, "the destinations' weights add up to 0: no destination would get traffic")

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from weir.agent.proxy import ConfigError, parse_duration
 from weir.api.errors import ManifestError
 from weir.api.load import load_files
 from weir.cli._common import Parser, UsageError, _StrictLoader
@@ -48,6 +49,9 @@ def register(groups: Any) -> None:
                         "cert-chain.pem (default: a self-signed root made for this mesh)")
     parser.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each step (default 180)")
+    parser.add_argument("--workload-cert-ttl", default="", metavar="DURATION",
+                        help="sidecar certificate lifetime, e.g. 24h, 1h, 60s (Istio's SECRET_TTL; default 24h); "
+                        "they rotate at half of it")
     parser.add_argument("--keep-on-failure", action="store_true", help="leave a failed mesh up for inspection")
     parser.add_argument("--no-traffic", action="store_true", help="bring it up, send no traffic, print no report")
     parser.add_argument("--report", metavar="FILE", help="also write the report as JSON to FILE")
@@ -89,9 +93,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     resources = _load(paths)
     if args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout:g} must be more than 0")
+    if args.workload_cert_ttl:
+        try:
+            parse_duration(args.workload_cert_ttl, "--workload-cert-ttl")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     config = UpConfig(root=args.root, bridge=args.bridge, subnet=args.subnet, node_netns=args.node_netns,
                       cacerts=args.cacerts, trust_domain=args.trust_domain, timeout=args.timeout,
-                      keep_on_failure=args.keep_on_failure)
+                      keep_on_failure=args.keep_on_failure, workload_cert_ttl=args.workload_cert_ttl)
     _say(f"weir up: {len(resources)} objects from {', '.join(paths)}")
     try:
         state = up(config, resources, _say)
@@ -119,7 +128,11 @@ def status_doc(root: str) -> dict[str, Any]:
     control = in_node(state, lambda: http_get(f"{state.debug_url}/debug/status"))
     pods = []
     for record in Runtime(node).pods():
-        statuses = record.status.get("containerStatuses") or []
+        # kubectl's READY counts the containers and the native sidecars (restartable init containers)
+        sidecars = {c.get("name") for c in record.manifest["spec"].get("initContainers") or []
+                    if c.get("restartPolicy") == "Always"}
+        statuses = [*(record.status.get("containerStatuses") or []),
+                    *(c for c in record.status.get("initContainerStatuses") or [] if c.get("name") in sidecars)]
         pods.append({"namespace": record.namespace, "name": record.name, "phase": record.phase,
                      "ip": record.status.get("podIP", ""),
                      "ready": f"{sum(1 for c in statuses if c.get('ready'))}/{len(statuses)}",

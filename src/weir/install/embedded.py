@@ -81,6 +81,9 @@ class UpConfig:
     backoff: float = 1.0
     """The runtime's first crash-loop back-off, in seconds."""
     keep_on_failure: bool = False
+    workload_cert_ttl: str = ""
+    """The sidecars' certificate lifetime (Istio's ``SECRET_TTL`` proxy metadata, e.g. ``24h``);
+    empty: the agent's default (24h). They rotate at half of it."""
 
 
 @dataclass
@@ -93,6 +96,10 @@ class State:
     bridge: str = ""
     bridge_created: bool = False
     processes: dict[str, int] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    """How each daemon was started, so it can be started again (:func:`restart`)."""
+    trust_domain: str = "cluster.local"
+    workload_cert_ttl: str = ""
     created_dirs: list[str] = field(default_factory=list)
     pods: list[str] = field(default_factory=list)
     phase: str = "starting"
@@ -282,7 +289,8 @@ def up(config: UpConfig, resources: Sequence[Resource], progress: Progress) -> S
     plan = Plan.of(resources)
     preflight(config)
     network = ipaddress.ip_network(config.subnet, strict=False)
-    state = State(root=config.root, node_netns=config.node_netns, gateway=str(network[1]), bridge=config.bridge)
+    state = State(root=config.root, node_netns=config.node_netns, gateway=str(network[1]), bridge=config.bridge,
+                  trust_domain=config.trust_domain, workload_cert_ttl=config.workload_cert_ttl)
     state.created_dirs = _missing_dirs(config.root)
     state.save()
     try:
@@ -347,12 +355,10 @@ def _weir(*args: str) -> list[str]:
 
 
 def _node_agent(config: UpConfig, state: State, node: NodeConfig, progress: Progress) -> None:
-    log = os.path.join(config.root, "var", "log", "weir", "node-agent.log")
-    pid = _start_daemon(_weir("node-agent", "run", "--node-root", config.root, "--listen-address", "127.0.0.1",
-                              "--readiness-port", str(AGENT_READY_PORT), "--monitoring-port",
-                              str(AGENT_METRICS_PORT), "--log-format", "json"), log, config.node_netns)
-    state.processes["node-agent"] = pid
-    state.save()
+    argv = _weir("node-agent", "run", "--node-root", config.root, "--listen-address", "127.0.0.1",
+                 "--readiness-port", str(AGENT_READY_PORT), "--monitoring-port", str(AGENT_METRICS_PORT),
+                 "--log-format", "json")
+    pid, log = start(state, "node-agent", argv)
     progress(f"node agent: started (pid {pid}), installing weir-cni")
     url = f"http://127.0.0.1:{AGENT_READY_PORT}/readyz"
     _wait("node agent", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, config.timeout,
@@ -361,21 +367,47 @@ def _node_agent(config: UpConfig, state: State, node: NodeConfig, progress: Prog
 
 
 def _control_plane(config: UpConfig, state: State, node: NodeConfig, progress: Progress) -> None:
-    log = os.path.join(config.root, "var", "log", "weir", "control.log")
     store = os.path.join(config.root, "var", "lib", "weir", "control.db")
-    pid = _start_daemon(_weir("control", "run", "--store", store, "--runtime-db", node.db,
-                              "--ads-address", state.ads_address, "--ca-address", state.ca_address,
-                              "--ca-dir", os.path.join(config.root, "etc", "weir", "ca"),
-                              "--token-key", node.token_key,
-                              "--debug-address", f"127.0.0.1:{DEBUG_PORT}", "--log-format", "json"),
-                        log, config.node_netns)
-    state.processes["control"] = pid
-    state.save()
+    argv = _weir("control", "run", "--store", store, "--runtime-db", node.db, "--ads-address", state.ads_address,
+                 "--ca-address", state.ca_address, "--ca-dir", os.path.join(config.root, "etc", "weir", "ca"),
+                 "--token-key", node.token_key, "--trust-domain", config.trust_domain,
+                 "--debug-address", f"127.0.0.1:{DEBUG_PORT}", "--log-format", "json")
+    pid, _ = start(state, "control", argv)
     progress(f"control plane: started (pid {pid}): ADS {state.ads_address}, CA {state.ca_address} (TLS)")
-    url = f"{state.debug_url}/ready"
-    _wait("control plane", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, config.timeout,
-          pid, log)
+    wait_control(state, config.timeout)
     progress("control plane: ready")
+
+
+def start(state: State, name: str, argv: list[str]) -> tuple[int, str]:
+    """Start the daemon ``name`` (in the node's namespace) and record it; returns (pid, log path)."""
+    log = os.path.join(state.root, "var", "log", "weir", f"{name}.log")
+    pid = _start_daemon(argv, log, state.node_netns)
+    state.processes[name] = pid
+    state.commands[name] = list(argv)
+    state.save()
+    return pid, log
+
+
+def wait_control(state: State, timeout: float) -> None:
+    url = f"{state.debug_url}/ready"
+    _wait("control plane", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, timeout,
+          state.processes.get("control"), os.path.join(state.root, "var", "log", "weir", "control.log"))
+
+
+def stop(state: State, name: str) -> None:
+    """Stop the daemon ``name`` (SIGTERM, then SIGKILL after a grace period)."""
+    pid = state.processes.get(name)
+    if pid:
+        _stop(pid)
+
+
+def restart(state: State, name: str, timeout: float = 60.0) -> int:
+    """Stop the daemon ``name`` if it runs and start it again as ``up`` did; returns the new pid."""
+    stop(state, name)
+    pid, _ = start(state, name, state.commands[name])
+    if name == "control":
+        wait_control(state, timeout)
+    return pid
 
 
 def control_store(root: str) -> ConfigStore:
@@ -399,7 +431,10 @@ def injection(state: State, trust_domain: str) -> tuple[InjectValues, MeshInfo]:
     """How ``up`` injects: embedded flavor, the CA and ADS at the gateway, DNS capture on."""
     values = InjectValues.from_helm({"global": {"caAddress": state.ca_address}, "pilot": {"cni": {"enabled": True}}},
                                     flavor="embedded")
-    mesh = MeshInfo(trust_domain=trust_domain, proxy_metadata={DNS_CAPTURE: "true"},
+    metadata = {DNS_CAPTURE: "true"}
+    if state.workload_cert_ttl:
+        metadata["SECRET_TTL"] = state.workload_cert_ttl
+    mesh = MeshInfo(trust_domain=trust_domain, proxy_metadata=metadata,
                     proxy_config={"discoveryAddress": state.ads_address})
     return values, mesh
 

@@ -246,7 +246,8 @@ class HTTPCheck(SocketCheck):
 
 class ProcessCheck:
     """``exec`` (and ``grpc``, through its helper): a child process; exit 0 passes, its output
-    (at most :data:`MAX_BODY`) is the message."""
+    (at most :data:`MAX_BODY`) is the message (kubelet's is the output alone; when there is none,
+    a failure says its exit code here)."""
 
     def __init__(self, argv: list[str], deadline: float, timed_out: str, *, env: Mapping[str, str], cwd: str,
                  uid: int | None = None, gid: int | None = None, preexec: Callable[[], None] | None = None) -> None:

@@ -62,6 +62,8 @@ class Tracker:
 
     def observe(self, success: bool) -> bool:
         """Count one outcome; True when the probe's result changes."""
+        if success:
+            self.reported = None  # the next failure is news
         if success == self.last:
             self.run += 1
         else:

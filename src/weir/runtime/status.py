@@ -147,8 +147,8 @@ def with_phase(status: Status, phase: str, sidecars: Collection[str] = (), at: f
             new["reason"], new["message"] = why
             if not new["message"]:
                 del new["message"]
-        changed = old is None or old.get("status") != text
-        new["lastTransitionTime"] = now_iso(at) if changed or old is None else old.get("lastTransitionTime")
+        flipped = old is None or old.get("status") != text
+        new["lastTransitionTime"] = now_iso(at) if old is None or flipped else old.get("lastTransitionTime")
         conditions[kind] = new
     out["conditions"] = list(conditions.values())
     return out
