@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs weir's main job on a fresh Debian 12 machine (as root): installs what it needs, then
-# shows traffic capture end to end in network namespaces it creates and removes itself.
-# Extra args go to `weir demo` (e.g. --backend nftables).
+# brings the example mesh up (`weir up`: control plane, node agent with weir-cni, pods with
+# injected Envoy sidecars), sends traffic through it and prints what the mesh did. The mesh
+# stays up: `.venv/bin/weir status` shows it, `.venv/bin/weir down` removes all of it.
+# Extra args go to `weir up` (e.g. a directory of your own manifests, --subnet, --keep-on-failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/weir demo "$@"
+exec .venv/bin/weir up "$@"

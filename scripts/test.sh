@@ -34,8 +34,8 @@ if [ -e /opt/cni/bin/weir-cni ] || grep -qls '"weir-cni"' /etc/cni/net.d/* 2>/de
   echo "weir-cni was left in the host's CNI directories (/opt/cni/bin, /etc/cni/net.d)" >&2
   rc=1
 fi
-if ip netns list 2>/dev/null | grep -qE '^(wt|wdemo|weir-)'; then
-  echo "test network namespaces were left behind: $(ip netns list | grep -E '^(wt|wdemo|weir-)' | tr '\n' ' ')" >&2
+if ip netns list 2>/dev/null | grep -qE '^(wt|wdemo|weir-|weirnode-)'; then
+  echo "test network namespaces were left behind: $(ip netns list | grep -E '^(wt|wdemo|weir-|weirnode-)' | tr '\n' ' ')" >&2
   rc=1
 fi
 exit "$rc"
