@@ -219,3 +219,24 @@ def test_no_application_process_holds_net_admin_or_net_raw(mesh: Mesh) -> None:
         assert "NET_ADMIN" not in manifest, record.name
         assert "NET_RAW" not in manifest, record.name
     assert "istio-validation" in json.dumps(mesh.runtime.get("demo", "frontend").manifest)
+
+
+def test_a_pod_run_into_the_running_mesh_is_injected_and_joins_its_service(mesh: Mesh, tmp_path: Path) -> None:
+    manifest = tmp_path / "late.yaml"
+    manifest.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: e2e, labels: {app: mirror-a}}\n"
+        "spec:\n  containers:\n  - name: app\n    command: [weir, example-app, http, --service, mirror-a, "
+        "--version, late]\n    ports: [{containerPort: 8080}]\n    securityContext: {runAsUser: 1000}\n")
+    out = mesh.weir("pod", "run", "-f", str(manifest), check=True)
+    assert "sidecar injected" in out.stderr
+    try:
+        record = mesh.runtime.get("e2e", "late")
+        assert any(c["name"] == "istio-proxy" for c in record.manifest["spec"]["initContainers"])
+
+        def both() -> dict[str, int] | None:  # the new endpoint reaches every client's Envoy
+            versions = mesh.load("client", "http://mirror-a.e2e:8080/", 40)["versions"]
+            return versions if versions.get("late") and versions.get("v1") else None
+        wait_for("the late pod answering for mirror-a", both, timeout=60, interval=1)
+    finally:
+        mesh.weir("pod", "rm", "-n", "e2e", "late", check=True)
+    assert mesh.load("client", "http://mirror-a.e2e:8080/", 20)["versions"] == {"v1": 20}

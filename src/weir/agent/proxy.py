@@ -170,8 +170,13 @@ def _embedded_defaults(env: Mapping[str, str]) -> dict[str, str]:
         proxy_config = json.loads(env.get("PROXY_CONFIG") or "{}")
     except json.JSONDecodeError as exc:
         raise ConfigError(f"PROXY_CONFIG: invalid JSON: {exc.msg}") from None
-    if isinstance(proxy_config, dict) and proxy_config.get("discoveryAddress"):
-        found["xds_address"] = str(proxy_config["discoveryAddress"])
+    if not isinstance(proxy_config, dict):
+        raise ConfigError(f"PROXY_CONFIG: expected a JSON object (Istio's ProxyConfig), not {proxy_config!r}")
+    discovery = proxy_config.get("discoveryAddress")
+    if discovery is not None and not isinstance(discovery, str):
+        raise ConfigError(f"PROXY_CONFIG: discoveryAddress must be a string (host:port), not {discovery!r}")
+    if discovery:
+        found["xds_address"] = discovery
     pod_dir = env.get("WEIR_POD_DIR")
     if pod_dir:
         base = Path(pod_dir)
@@ -189,9 +194,12 @@ def config_from(flags: Mapping[str, Any], env: Mapping[str, str]) -> ProxyConfig
             value = env.get(var)
         if value is not None and str(value) != "":
             raw[key] = str(value)
-    for key, value in _embedded_defaults(env).items():
-        raw.setdefault(key, value)
     names = {key: f"--{dest.replace('_', '-')} ({var})" for key, dest, var in SETTINGS}
+    for key, value in _embedded_defaults(env).items():
+        if key not in raw:
+            raw[key] = value
+            if key == "xds_address":  # a bad value is reported where it came from
+                names[key] = "PROXY_CONFIG discoveryAddress"
     for key in ("pod_name", "namespace", "instance_ips"):
         if key not in raw:
             raise ConfigError(f"{names[key]}: required")

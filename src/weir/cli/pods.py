@@ -17,6 +17,7 @@ import yaml
 
 from weir.api.pod import ManifestError
 from weir.cli._common import Parser, UsageError, load_document
+from weir.install.embedded import State, UpError, admit
 from weir.platform.local import PodRecord
 from weir.runtime.node import NodeConfig, NodeError, init_node, load_node
 from weir.runtime.pods import PodError, Runtime
@@ -34,6 +35,8 @@ def register(groups: Any) -> None:
 
     run = verbs.add_parser("run", help="create a pod from a manifest")
     run.add_argument("-f", "--filename", required=True, metavar="FILE", help="Pod manifest (YAML or JSON, '-' = stdin)")
+    run.add_argument("--no-inject", action="store_true",
+                     help="when a mesh is up (`weir up`), run the pod as written instead of through its injector")
     run.set_defaults(func=cmd_run)
 
     ls = verbs.add_parser("ls", help="list pods")
@@ -104,6 +107,18 @@ def _fail(exc: Exception) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     runtime = _runtime(args)
     doc = load_document(args.filename)
+    try:
+        state = State.load(args.root)
+    except UpError as exc:
+        raise UsageError(str(exc)) from None
+    if state is not None and isinstance(doc, dict) and not args.no_inject:
+        # a mesh is up on this node: pods go through its injector, as through Istio's webhook
+        try:
+            result = admit(state, doc)
+        except UpError as exc:
+            raise UsageError(str(exc)) from None
+        doc = result.pod
+        print("sidecar injected" if result.injected else f"no sidecar: {result.reason}", file=sys.stderr)
     try:
         record = runtime.run(doc, args.filename)
     except ManifestError as exc:

@@ -168,8 +168,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {p['namespace']:<12} {p['name']:<20} {p['ready']:<6} {p['phase']:<10} {p['restarts']:<9} {p['ip']}")
     print("\nPROXIES")
     print(f"  {'NAME':<32} {'CDS':<8} {'LDS':<8} {'RDS':<8} {'NDS':<8}")
-    for proxy in doc["proxies"]:
-        types = proxy.get("types") or {}
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for proxy in doc["proxies"]:  # Envoy's stream and the agent's (name tables) make one proxy
+        entry = merged.setdefault((proxy["namespace"], proxy["name"]), {**proxy, "types": {}})
+        entry["types"].update(proxy.get("types") or {})
+    for proxy in sorted(merged.values(), key=lambda p: (p["namespace"], p["name"])):
+        types = proxy["types"]
 
         def cell(kind: str, types: dict[str, Any] = types) -> str:
             t = types.get(kind)

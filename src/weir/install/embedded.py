@@ -26,6 +26,7 @@ Daemons run in the node's network namespace when the node has one (tests), via `
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -43,7 +44,7 @@ from typing import Any
 from weir.agent.envoy import find_envoy_binary
 from weir.api.load import Resource
 from weir.control.ca import CacertsError, CertificateAuthority
-from weir.control.inject import InjectError, InjectValues, MeshInfo, inject
+from weir.control.inject import InjectError, InjectResult, InjectValues, MeshInfo, inject
 from weir.control.store import ConfigStore, StoreError
 from weir.netns import NetNS, run_in
 from weir.pki import tokens
@@ -59,6 +60,7 @@ DEBUG_PORT = 15014
 AGENT_READY_PORT = 8000
 AGENT_METRICS_PORT = 15015
 DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
+_SYSCTLS = ("net/ipv4/ip_forward",)
 _OWNED_DIRS = ("etc/weir", "var/lib/weir", "var/log/weir", "var/run/weir-cni")
 
 
@@ -102,6 +104,8 @@ class State:
     workload_cert_ttl: str = ""
     created_dirs: list[str] = field(default_factory=list)
     pods: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    """Kernel settings as they were before ``up`` (the bridge plugin turns IP forwarding on)."""
     phase: str = "starting"
 
     @property
@@ -250,6 +254,16 @@ class Plan:
         return cls(config, pods, labels)
 
 
+def _read_sysctl(key: str) -> str:
+    with open(f"/proc/sys/{key}") as f:
+        return f.read().strip()
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    with open(f"/proc/sys/{key}", "w") as f:
+        f.write(value)
+
+
 def _missing_dirs(root: str) -> list[str]:
     """The top-most directories under ``root`` that ``up`` will create (``etc`` when even that is missing)."""
     found: list[str] = []
@@ -292,6 +306,7 @@ def up(config: UpConfig, resources: Sequence[Resource], progress: Progress) -> S
     state = State(root=config.root, node_netns=config.node_netns, gateway=str(network[1]), bridge=config.bridge,
                   trust_domain=config.trust_domain, workload_cert_ttl=config.workload_cert_ttl)
     state.created_dirs = _missing_dirs(config.root)
+    state.sysctls = {key: in_node(state, functools.partial(_read_sysctl, key)) for key in _SYSCTLS}
     state.save()
     try:
         node = _node(config, state, progress)
@@ -439,18 +454,30 @@ def injection(state: State, trust_domain: str) -> tuple[InjectValues, MeshInfo]:
     return values, mesh
 
 
+def _namespace_labels(root: str) -> dict[str, dict[str, str]]:
+    return {o.name: dict((o.body.get("metadata") or {}).get("labels") or {})
+            for o in control_store(root).list("Namespace")}
+
+
+def admit(state: State, manifest: Mapping[str, Any], extra_labels: Mapping[str, Mapping[str, str]] | None = None,
+          ) -> InjectResult:
+    """The admission webhook of the running mesh: the pod, injected if Istio's rules say so (the
+    namespace's labels from the control plane's store, then ``extra_labels``)."""
+    meta = manifest.get("metadata") or {}
+    ns = str(meta.get("namespace") or "default") if isinstance(meta, Mapping) else "default"
+    labels = {**_namespace_labels(state.root).get(ns, {}), **(extra_labels or {}).get(ns, {})}
+    values, mesh = injection(state, state.trust_domain)
+    try:
+        return inject(dict(manifest), values=values, namespace_labels=labels, mesh=mesh)
+    except InjectError as exc:
+        raise UpError(f"pod {ns}/{meta.get('name') if isinstance(meta, Mapping) else '?'}: {exc}") from None
+
+
 def _pods(config: UpConfig, plan: Plan, state: State, node: NodeConfig, progress: Progress) -> None:
-    values, mesh = injection(state, config.trust_domain)
     runtime = Runtime(node)
-    stored = {o.name: dict((o.body.get("metadata") or {}).get("labels") or {})
-              for o in control_store(node.root).list("Namespace")}
     for pod in plan.pods:
         ns, name = pod.metadata.namespace, pod.metadata.name
-        labels = {**stored.get(ns, {}), **plan.namespace_labels.get(ns, {})}
-        try:
-            result = inject(dict(pod.raw), values=values, namespace_labels=labels, mesh=mesh)
-        except InjectError as exc:
-            raise UpError(f"pod {ns}/{name}: {exc}") from None
+        result = admit(state, pod.raw, plan.namespace_labels)
         record = runtime.run(result.pod, f"pod {ns}/{name}")
         state.pods.append(f"{ns}/{name}")
         state.save()
@@ -544,6 +571,10 @@ def down(root: str, progress: Progress) -> bool:
         if state.bridge_created and state.bridge:
             _ip(state, "link", "del", state.bridge, check=False)
             progress(f"bridge {state.bridge}: deleted")
+        for key, value in state.sysctls.items():
+            if in_node(state, functools.partial(_read_sysctl, key)) != value:
+                in_node(state, functools.partial(_write_sysctl, key, value))
+                progress(f"{key.replace('/', '.')}: back to {value}")
         for directory in state.created_dirs:
             shutil.rmtree(os.path.join(root, directory), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):

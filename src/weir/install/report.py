@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from subprocess import TimeoutExpired  # noqa: TID251 (what runtime.exec raises on its timeout; nothing runs here)
 from typing import Any
 
 from weir.install.embedded import State, http_get, in_node
@@ -131,8 +132,9 @@ def collect(state: State, node: NodeConfig, trust_domain: str = "cluster.local")
             result = runtime.exec(record.namespace, record.name, None,
                                   ["weir", "example-app", "load", url, "-n", count], capture=True, timeout=120)
             summary = json.loads(result.stdout or "{}")
-        except (PodError, ValueError, OSError) as exc:
-            summary = {"failed": int(count) if count.isdigit() else 1, "errors": {str(exc): 1}}
+        except (PodError, ValueError, OSError, TimeoutExpired) as exc:
+            wanted = int(count) if count.isdigit() else 1  # none of them was answered
+            summary = {"requests": wanted, "failed": wanted, "errors": {str(exc): 1}}
         summary["from"] = f"{record.namespace}/{record.name}"
         report["traffic"].append(summary)
     peers: set[str] = set()

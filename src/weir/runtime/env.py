@@ -60,7 +60,9 @@ def _resource(pod: Pod, container: Container, ref: ResourceFieldRef) -> str:
     return str(math.ceil(value))
 
 
-_REFERENCE = re.compile(r"\$(\$|\(([A-Za-z_][A-Za-z0-9_.-]*)\))")
+_REFERENCE = re.compile(r"\$(\$|\(([^)]*)\))")
+"""``$$``, or ``$(`` up to the first ``)``: the name is everything between, as kubelet reads it (a
+``$(`` inside a name or ``$$`` there is part of the name, so ``$(A$(B))`` stays as written)."""
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:

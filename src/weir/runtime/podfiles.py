@@ -48,8 +48,10 @@ def write_token(node: NodeConfig, pod: Pod, uid: str, now: float | None = None) 
     issued = time.time() if now is None else now
     token = tokens.mint(key, namespace=pod.metadata.namespace, service_account=pod.spec.service_account_name,
                         pod_name=pod.metadata.name, pod_uid=uid, ttl=TOKEN_TTL, now=issued)
+    path = os.path.join(node.pod_dir(uid), TOKEN)
     # readable by the pod's users (the sidecar runs as 1337), as a projected volume is
-    _write(os.path.join(node.pod_dir(uid), TOKEN), token.encode(), 0o644)
+    _write(path, token.encode(), 0o644)
+    os.utime(path, (issued, issued))  # refresh_token ages the token by its mtime: the issue time
 
 
 def create(node: NodeConfig, pod: Pod, uid: str) -> str:

@@ -174,7 +174,7 @@ class Runtime:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "weir.runtime.shim", "--db", self.node.db, "--uid", uid, "--log-dir", log_dir,
                  "--backoff", str(self.node.backoff_seconds), "--tools-dir", self.node.tools_dir,
-                 "--pod-dir", self.node.pod_dir(uid)],
+                 "--pod-dir", self.node.pod_dir(uid), "--node-root", self.node.root],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
             )
         self.store.update(uid, shim_pid=proc.pid)

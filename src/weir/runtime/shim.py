@@ -38,12 +38,16 @@ from weir.api.pod import Container, Pod, parse_pod
 from weir.api.pod_model import ProbeKind
 from weir.netns import NetNS, enter_this_process
 from weir.platform.local import PodStore
+from weir.runtime import podfiles
 from weir.runtime import status as st
 from weir.runtime.env import container_argv, container_env
+from weir.runtime.node import NodeConfig, load_node
 from weir.runtime.probecheck import Checks, ExecContext, start_check
 from weir.runtime.probes import ContainerProbes, Outcome, Tracker, failure_event, kill_event
 
 PR_SET_PDEATHSIG = 1
+TOKEN_CHECK_INTERVAL = 60.0
+"""Seconds between checks of the pod's token age (it is rewritten at 80% of its life)."""
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -118,8 +122,10 @@ class Unit:
 
 class Shim:
     def __init__(self, store: PodStore, uid: str, log_dir: str, backoff: float, tools_dir: str = "",
-                 pod_dir: str = "") -> None:
+                 pod_dir: str = "", node: NodeConfig | None = None) -> None:
         self.pod_dir = pod_dir
+        self.node = node
+        self._token_checked = time.monotonic()
         self.tools_dir = tools_dir
         self.store = store
         self.uid = uid
@@ -349,6 +355,18 @@ class Shim:
 
     # ---- main loop ----------------------------------------------------------------------------------
 
+    def refresh_token(self) -> None:
+        """Rewrite the pod's service-account token before it expires, as kubelet does (once a minute)."""
+        now = time.monotonic()
+        if self.node is None or now < self._token_checked + TOKEN_CHECK_INTERVAL:
+            return
+        self._token_checked = now
+        try:
+            if podfiles.refresh_token(self.node, self.pod, self.uid):
+                self.store.event(self.uid, "Normal", "TokenRefreshed", "service-account token rewritten")
+        except (OSError, ValueError) as exc:
+            self.store.event(self.uid, "Warning", "TokenRefreshFailed", f"service-account token: {exc}")
+
     def run(self) -> int:
         def on_signal(*_: Any) -> None:
             self.stopping = True
@@ -374,6 +392,7 @@ class Shim:
                 last = self.status
             if self.status["phase"] in ("Succeeded", "Failed"):
                 break  # the pod is over: native sidecars still running are stopped below
+            self.refresh_token()
             self.probed(self.checks.wait(0.05, time.monotonic))  # where the loop sleeps
         self.stopping = True
         self.stop()
@@ -390,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backoff", type=float, default=st.BACKOFF_INITIAL)
     parser.add_argument("--tools-dir", default="")
     parser.add_argument("--pod-dir", default="")
+    parser.add_argument("--node-root", default="", help="the node, whose token key refreshes the pod's token")
     args = parser.parse_args(argv)
     store = PodStore(args.db)
     record = store.by_uid(args.uid)
@@ -397,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shim: pod {args.uid} has no sandbox", file=sys.stderr)
         return 1
     enter_this_process(NetNS(record.netns))
-    return Shim(store, args.uid, args.log_dir, args.backoff, args.tools_dir, args.pod_dir).run()
+    node = load_node(args.node_root) if args.node_root else None
+    return Shim(store, args.uid, args.log_dir, args.backoff, args.tools_dir, args.pod_dir, node).run()
 
 
 if __name__ == "__main__":
