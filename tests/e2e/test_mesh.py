@@ -239,4 +239,7 @@ def test_a_pod_run_into_the_running_mesh_is_injected_and_joins_its_service(mesh:
         wait_for("the late pod answering for mirror-a", both, timeout=60, interval=1)
     finally:
         mesh.weir("pod", "rm", "-n", "e2e", "late", check=True)
-    assert mesh.load("client", "http://mirror-a.e2e:8080/", 20)["versions"] == {"v1": 20}
+
+    def gone() -> bool:  # and its removal too
+        return mesh.load("client", "http://mirror-a.e2e:8080/", 20)["versions"] == {"v1": 20}
+    wait_for("mirror-a without the late pod", gone, timeout=60, interval=1)

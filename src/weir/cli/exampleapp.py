@@ -19,6 +19,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import socket
 import socketserver
 import sys
@@ -67,16 +68,47 @@ def _pod() -> str:
     return os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname()
 
 
+def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` where it is not inside double quotes (``\\`` escapes in them)."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
 def peer_identities(xfcc: str) -> dict[str, str]:
-    """``By=spiffe://...;Hash=...;URI=spiffe://...`` (the last element: this hop) -> {"by": ..., "uri": ...}."""
-    if not xfcc:
+    """``By=spiffe://...;Hash=...;URI=spiffe://...`` (the last element: this hop) -> {"by": ..., "uri": ...}.
+
+    Envoy's format: elements separated by ``,``, ``key=value`` pairs by ``;``; a value holding
+    ``,``, ``;`` or ``=`` is double-quoted (``Subject="CN=a,O=b"``), with ``\\"`` inside."""
+    elements = [e for e in _split_outside_quotes(xfcc, ",") if e.strip()]
+    if not elements:
         return {}
-    last = xfcc.rsplit(",", maxsplit=1)[-1]
     found = {}
-    for part in last.split(";"):
+    for part in _split_outside_quotes(elements[-1], ";"):
         key, _, value = part.partition("=")
         if key.strip().lower() in ("by", "uri"):
-            found[key.strip().lower()] = value.strip().strip('"')
+            found[key.strip().lower()] = _unquote(value)
     return found
 
 
@@ -90,6 +122,9 @@ class _Handler(BaseHTTPRequestHandler):
     answer: Any = None
 
     def do_GET(self) -> None:
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit():  # a POST's body, read so that it is not taken for the next request
+            self.rfile.read(int(length))
         xfcc = self.headers.get(XFCC, "")
         _log(f"{self.command} {self.path} host={self.headers.get('Host', '')} peer={peer_identities(xfcc)}")
         code, body = type(self).answer(self)
@@ -110,7 +145,7 @@ def _serve(port: int, answer: Any) -> int:
     handler = type("Handler", (_Handler,), {"answer": staticmethod(answer)})
     server = ThreadingHTTPServer(("0.0.0.0", port), handler)
     server.daemon_threads = True
-    _log(f"listening on :{port}")
+    _log(f"listening on :{server.server_address[1]}")  # the bound port, also for --port 0
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
@@ -136,7 +171,7 @@ def _call_http(url: str, timeout: float = 5.0) -> dict[str, Any]:
     result: dict[str, Any] = {"url": url, "address": _resolve(host)}
     try:
         conn = HTTPConnection(host, parts.port or 80, timeout=timeout)
-        conn.request("GET", parts.path or "/")
+        conn.request("GET", _target(parts))
         response = conn.getresponse()
         body = response.read()
         conn.close()
@@ -184,7 +219,7 @@ class _Echo(socketserver.StreamRequestHandler):
 def cmd_echo(args: argparse.Namespace) -> int:
     server = socketserver.ThreadingTCPServer(("0.0.0.0", args.port), _Echo)
     server.daemon_threads = True
-    _log(f"echoing on :{args.port}")
+    _log(f"echoing on :{server.server_address[1]}")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
@@ -195,12 +230,22 @@ def _versions(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return []
     found = [str(body["version"])] if "version" in body else []
-    return found + _versions((body.get("backend") or {}).get("body"))
+    backend = body.get("backend")
+    return found + (_versions(backend.get("body")) if isinstance(backend, dict) else [])
+
+
+def _target(parts: urllib.parse.SplitResult) -> str:
+    """The request target of a URL: its path (``/`` when empty) and query."""
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def cmd_load(args: argparse.Namespace) -> int:
     parts = urllib.parse.urlsplit(args.url)
-    if parts.scheme != "http" or not parts.hostname:
+    try:
+        valid = parts.scheme == "http" and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number or out of range
+        valid = False
+    if not valid:
         print(f"weir example-app load: {args.url!r}: expected http://HOST[:PORT]/PATH", file=sys.stderr)
         return 2
     headers = dict(h.split(":", 1) for h in args.header if ":" in h)
@@ -219,7 +264,7 @@ def cmd_load(args: argparse.Namespace) -> int:
             try:
                 if conn is None:
                     conn = HTTPConnection(parts.hostname or "", parts.port or 80, timeout=args.timeout)
-                conn.request("GET", parts.path or "/", headers=headers)
+                conn.request("GET", _target(parts), headers=headers)
                 response = conn.getresponse()
                 data = response.read()
                 body = json.loads(data) if response.headers.get("Content-Type") == "application/json" else None
