@@ -1,24 +1,26 @@
 """The sidecar agent as one process (pilot-agent): SDS, DNS proxy, status server and Envoy.
 
 :func:`config_from` is the parse edge: flags, then Istio's environment names (``POD_NAME``,
-``POD_NAMESPACE``, ``INSTANCE_IP``, ``SERVICE_ACCOUNT`` ...), into a frozen :class:`ProxyConfig`;
-a bad value is a :class:`ConfigError` naming the setting. :class:`ProxyAgent` composes the
-parts, in this order on :meth:`ProxyAgent.start`:
+``POD_NAMESPACE``, ``INSTANCE_IP``, ``SERVICE_ACCOUNT``, ``CA_ADDR``, ``SECRET_TTL``,
+``PROXY_CONFIG``'s ``discoveryAddress`` ...), then, in weir's embedded runtime, defaults under the
+pod's directory (``WEIR_POD_DIR``: token, trust bundle, scratch), into a frozen
+:class:`ProxyConfig`; a bad value is a :class:`ConfigError` naming the setting.
+:class:`ProxyAgent` composes the parts, in this order on :meth:`ProxyAgent.start`:
 
 1. :class:`~weir.agent.secrets.WorkloadSecrets` for ``spiffe://<trust domain>/ns/<ns>/sa/<sa>``
    and :class:`~weir.agent.sds.SdsServer` on the SDS socket (owned by uid 1337 when root);
-2. the DNS proxy on ``127.0.0.1:15053`` (UDP and TCP), answering from a name table read from a
-   JSON file (``{"hosts": {name: [ip ...]}, "aliases": {name: target}}``) and forwarding the
-   rest to resolv.conf's servers; the control plane will push tables later;
+2. the DNS proxy on ``127.0.0.1:15053`` (UDP and TCP), answering mesh names from the tables the
+   control plane pushes (:class:`~weir.agent.nds.NameTableClient`, the agent's own ADS stream)
+   or from a JSON file (``--dns-table``), and forwarding the rest to resolv.conf's servers;
 3. the status server (``:15020``: readiness, merged metrics);
 4. Envoy's bootstrap, written world-readable into the config directory, and Envoy as uid 1337.
 
 :meth:`ProxyAgent.stop` undoes it in reverse: Envoy drains (``POST /drain_listeners``) for the
-drain duration and is stopped, then the status server, the DNS proxy and SDS.
+drain duration and is stopped, then the status server, the name tables, the DNS proxy and SDS.
 
 Certificates are signed through the ``sign`` callable the caller passes in (this package must
-not know the CA): for now the CLI signs in-process with a local ``cacerts`` directory; the CSR
-service over the network comes later.
+not know the CA): the CLI gives the CA client (:func:`weir.agent.caclient.grpc_signer`: TLS to
+``CA_ADDR`` with the pod's token), or an in-process signer over a local ``cacerts`` directory.
 """
 
 from __future__ import annotations

@@ -10,20 +10,18 @@ Two endpoints, as Istio serves them:
   agent's metrics alone are served, as pilot-agent does.
 
 The decisions (:func:`readiness`, :func:`merge_metrics`) are pure; :class:`StatusServer` is the
-driver: a small asyncio HTTP/1.1 server (one request per connection) and admin requests made on
-a worker thread. :class:`AgentMetrics` reads its values through callables when scraped, from
+driver: weir's small HTTP server (:mod:`weir.platform.httpserve`) and admin requests made on a
+worker thread. :class:`AgentMetrics` reads its values through callables when scraped, from
 its own registry. This module must not know how Envoy, SDS or DNS are run.
 """
 
 from __future__ import annotations
 
 import asyncio  # noqa: TID251 (the status server's driver)
-import contextlib
 import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -32,22 +30,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from weir.agent.bootstrap import STATUS_PORT, TcpAddress
+from weir.platform.httpserve import Answer, HttpServer
 
 log = logging.getLogger(__name__)
 
 READY_PATH: Final = "/healthz/ready"
 STATS_PATH: Final = "/stats/prometheus"
 TEXT_FORMAT: Final = "text/plain; version=0.0.4; charset=utf-8"
-MAX_HEAD: Final = 16384
-"""Bytes a request line and headers may take."""
-READ_TIMEOUT: Final = 5.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: str
-    content_type: str = "text/plain; charset=utf-8"
 
 
 # ---- decisions, pure -------------------------------------------------------------------------
@@ -117,13 +106,18 @@ class StatusServer:
         self.admin = admin
         self.metrics = metrics
         self.has_secret = has_secret
-        self.host = host
-        self.port = port
         self.admin_timeout = admin_timeout
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._server = HttpServer(self._handle, host, port)
         # Admin requests never go through an HTTP proxy from the environment.
         self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     @property
     def address(self) -> tuple[str, int]:
@@ -131,23 +125,11 @@ class StatusServer:
         return self.host, self.port
 
     async def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("the status server was already started")
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        await self._server.start()
         log.info("status server on %s:%d", self.host, self.port)
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        if self._tasks:
-            _, late = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await self._server.stop(grace)
 
     # -- endpoints
 
@@ -162,6 +144,9 @@ class StatusServer:
         except (urllib.error.URLError, OSError):
             return None
 
+    async def _handle(self, path: str, _query: str) -> Answer:
+        return await self.answer(path)
+
     async def answer(self, path: str) -> Answer:
         """The answer to ``GET path``."""
         if path == READY_PATH:
@@ -175,36 +160,3 @@ class StatusServer:
                 log.warning("Envoy's admin %s gave no stats; serving the agent's metrics alone", self.admin)
             return Answer(200, merge_metrics(envoy, self.metrics.render()), TEXT_FORMAT)
         return Answer(404, f"no such endpoint: {path}\n")
-
-    # -- HTTP
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-                return
-            method, _, rest = head.decode("latin-1").partition(" ")
-            target = rest.partition(" ")[0]
-            path = target.split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                answer = Answer(405, f"method {method} not allowed\n")
-            else:
-                answer = await self.answer(path)
-            body = answer.body.encode()
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-            writer.write(f"HTTP/1.1 {answer.status} {reason.get(answer.status, '')}\r\n"
-                         f"Content-Type: {answer.content_type}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode("latin-1"))
-            if method != "HEAD":
-                writer.write(body)
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()

@@ -1,9 +1,10 @@
 """``weir proxy-agent``: run the sidecar agent (Istio's pilot-agent) next to a workload.
 
-Run it inside the pod's network namespace: it serves SDS on a UNIX socket, the DNS proxy on
-``127.0.0.1:15053``, the status server on ``:15020``, and runs Envoy as uid 1337 until SIGTERM.
-Certificates are signed in-process with a local ``cacerts`` directory for now (``--ca-dir``);
-the CSR service over the network comes later.
+Run it inside the pod's network namespace (the injector makes it the ``istio-proxy`` container,
+as uid 1337): it serves SDS on a UNIX socket, the DNS proxy on ``127.0.0.1:15053`` with the
+control plane's name tables, the status server on ``:15020``, and runs Envoy until SIGTERM.
+Certificates come from the CA at ``CA_ADDR`` (TLS; the pod's token authenticates the request),
+or are signed in-process with a local ``cacerts`` directory (``--ca-dir``).
 """
 
 from __future__ import annotations

@@ -8,10 +8,16 @@ What each sidecar gets is :func:`compile_proxy` for the :class:`ProxyInfo` its E
 metadata describes (:func:`proxy_info`, Istio's keys as :func:`weir.agent.bootstrap.node_metadata`
 sends them).
 
+Each proxy also gets the DNS name table (:func:`weir.control.nds.name_table`); the agent's own
+stream (node metadata ``WEIR_XDS_CLIENT=agent``) gets only that, with no Envoy config compiled.
+
 A watcher polls (every ``poll_interval`` s) the store version and the runtime pods' name, IP,
 phase and labels, and pushes a new snapshot only when they changed. Config that no longer
-loads is logged and the last good snapshot kept. :meth:`ControlPlane.status` is what
-``weir status`` will show; :meth:`ControlPlane.stop` ends the watcher and the ADS streams.
+loads is logged and the last good snapshot kept. With a :class:`~weir.control.casvc.CaService`
+the process also serves the CA over TLS (with the runtime's pods as the check that a token's
+pod still exists), and with a debug address istiod's ``/ready``, ``/debug/syncz``,
+``/debug/registryz`` and ``/debug/status`` (what ``weir status`` shows).
+:meth:`ControlPlane.stop` ends the watcher, the debug server, the CA and the ADS streams.
 """
 
 from __future__ import annotations
