@@ -27,6 +27,8 @@ from weir.api.load import load_files
 from weir.cli._common import Parser, UsageError, _StrictLoader
 from weir.install import report as mesh_report
 from weir.install.embedded import UpConfig, UpError, down, http_get, in_node, node_of, read_state, syncz, up
+from weir.runtime.node import NodeConfig, NodeError
+from weir.runtime.node import validate as validate_node
 from weir.runtime.pods import Runtime
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mesh"
@@ -93,6 +95,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     resources = _load(paths)
     if args.timeout <= 0:
         raise UsageError(f"--timeout: {args.timeout:g} must be more than 0")
+    try:
+        validate_node(NodeConfig(bridge=args.bridge, subnet=args.subnet))
+    except NodeError as exc:
+        raise UsageError(str(exc).replace("bridge:", "--bridge:", 1).replace("subnet:", "--subnet:", 1)) from None
+    if args.cacerts and not os.path.isdir(args.cacerts):
+        raise UsageError(f"--cacerts: {args.cacerts} is not a directory")
     if args.workload_cert_ttl:
         try:
             parse_duration(args.workload_cert_ttl, "--workload-cert-ttl")
