@@ -268,3 +268,14 @@ def test_bad_pod_values(change: dict[str, Any], names: list[str], tmp_path: Path
 def test_bad_command_lines(argv: list[str], words: list[str], capsys: Capsys) -> None:
     err = assert_usage_error(run(argv, capsys), *words)
     assert err.startswith("weir")
+
+
+def test_every_command_is_found_in_the_module_that_registers_it() -> None:
+    from weir.cli import main as cli_main
+
+    full = cli_main.build_parser()
+    groups = next(a for a in full._actions if a.dest == "group")
+    assert set(groups.choices) == set(cli_main.COMMANDS)  # type: ignore[arg-type]
+    for command, module in cli_main.COMMANDS.items():
+        alone = cli_main.build_parser(module)
+        assert command in next(a for a in alone._actions if a.dest == "group").choices  # type: ignore[operator]

@@ -75,6 +75,8 @@ class _Server:
         self.passed = threading.Event()
         self._stop = threading.Event()
         self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the server at once, not after its timeout
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         family = socket.AF_INET6 if cfg.ipv6 else socket.AF_INET
         self._listeners = []
         for port in (cfg.proxy_port, cfg.inbound_port):
@@ -96,7 +98,9 @@ class _Server:
 
     def _serve(self) -> None:
         while not self._stop.is_set():
-            for key, _ in self._sel.select(timeout=0.1):
+            for key, _ in self._sel.select(timeout=1.0):
+                if key.data is None:  # the wake pipe: close() was called
+                    return
                 listener = key.fileobj
                 assert isinstance(listener, socket.socket)
                 try:
@@ -115,11 +119,14 @@ class _Server:
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._wake_w, b"x")
         if hasattr(self, "_thread"):
             self._thread.join(timeout=1)
         for sock in self._listeners:
             sock.close()
         self._sel.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
 
 def _dial(cfg: ProbeConfig) -> str:
