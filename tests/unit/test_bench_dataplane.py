@@ -53,6 +53,15 @@ def test_saturating_argv_has_no_pacing_and_no_more_threads_than_connections() ->
     assert argv[argv.index("-t") + 1] == "1"
 
 
+def test_serial_argv_is_one_connection_with_a_request_count() -> None:
+    argv = load.serial_argv("http://a/", "/p", "/log", 3000)
+    assert argv[argv.index("-c") + 1] == "1"
+    assert argv[argv.index("-n") + 1] == "3000"
+    assert "--rps" not in argv
+    with pytest.raises(ValueError, match="must be positive"):
+        load.serial_argv("http://a/", "/p", "/log", 0)
+
+
 @pytest.mark.parametrize("bad", [(0, 16), (1000, 0)])
 def test_paced_argv_refuses_non_positive_settings(bad: tuple[float, int]) -> None:
     with pytest.raises(ValueError, match="must be positive"):

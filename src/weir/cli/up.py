@@ -26,7 +26,7 @@ from weir.api.errors import ManifestError
 from weir.api.load import load_files
 from weir.cli._common import Parser, UsageError, _StrictLoader
 from weir.install import report as mesh_report
-from weir.install.embedded import UpConfig, UpError, down, http_get, in_node, node_of, read_state, syncz, up
+from weir.install.embedded import UpConfig, UpError, alive, down, http_get, in_node, node_of, read_state, syncz, up
 from weir.runtime.node import NodeConfig, NodeError
 from weir.runtime.node import validate as validate_node
 from weir.runtime.pods import Runtime
@@ -145,7 +145,7 @@ def status_doc(root: str) -> dict[str, Any]:
                      "ip": record.status.get("podIP", ""),
                      "ready": f"{sum(1 for c in statuses if c.get('ready'))}/{len(statuses)}",
                      "restarts": sum(int(c.get("restartCount", 0)) for c in statuses)})
-    return {"phase": state.phase, "processes": {name: {"pid": pid, "alive": os.path.exists(f"/proc/{pid}")}
+    return {"phase": state.phase, "processes": {name: {"pid": pid, "alive": alive(pid)}
                                                 for name, pid in state.processes.items()},
             "control": json.loads(control[1]) if control is not None and control[0] == 200 else None,
             "pods": pods, "proxies": syncz(state)}

@@ -172,7 +172,8 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, str] | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -198,14 +199,14 @@ def _start_daemon(argv: Sequence[str], log_path: str, netns: str) -> int:
 
 
 def _stop(pid: int, grace: float = 15.0) -> None:
-    if not _alive(pid):
+    if not alive(pid):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
+    if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError, OSError):
@@ -215,7 +216,7 @@ def _stop(pid: int, grace: float = 15.0) -> None:
 def _wait(what: str, check: Callable[[], bool], timeout: float, pid: int | None = None, log: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise UpError(f"{what}: the process exited" + (f"; the end of {log}:\n{_tail(log)}" if log else ""))
         if time.monotonic() > deadline:
             raise UpError(f"{what}: not ready after {timeout:g}s" + (f"; the end of {log}:\n{_tail(log)}"
