@@ -56,6 +56,7 @@ from weir.control.xds_convert import (
     ROUTE,
     SHORT_NAMES,
     ConversionError,
+    PackCache,
     Packed,
     pack,
 )
@@ -161,6 +162,8 @@ class AdsServer(Generic[S]):
         self._clock = clock
         self._snapshot: S | None = None
         self._version = 0
+        self._cache = PackCache()
+        self._cache_version = 0
         self._streams: dict[int, _Stream] = {}
         self._stream_ids = itertools.count(1)
         self._server: grpc.aio.Server | None = None
@@ -293,7 +296,9 @@ class AdsServer(Generic[S]):
         if stream.packed_version != self._version:
             stream.packed_version = self._version
             try:
-                stream.packed = pack(self._resources_for(stream.node, self._snapshot))
+                if self._cache_version != self._version:  # one cache per config version, shared by all streams
+                    self._cache, self._cache_version = PackCache(), self._version
+                stream.packed = pack(self._resources_for(stream.node, self._snapshot), self._cache)
             except ConversionError as e:
                 log.error("ADS: no config for %s at version %s (it keeps the last one sent): %s",
                           stream.label, self.version, e)

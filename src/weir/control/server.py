@@ -62,6 +62,8 @@ class MeshConfig:
     snapshot: Snapshot
     registry: Registry
     store_version: int
+    name_table: dict[str, Any]
+    """The DNS name table (the same for every proxy), built once per version."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class ControlPlane:
         self._watcher: asyncio.Task[None] | None = None
 
     def _resources_for(self, node: NodeInfo, config: MeshConfig) -> EnvoyResources:
-        table = name_table(config.registry)
+        table = config.name_table
         if node.metadata.get(AGENT_CLIENT_KEY) == AGENT_CLIENT:
             # the sidecar agent's own stream asks only for DNS tables: compile no Envoy config for it
             return EnvoyResources(listeners=(), clusters=(), routes=(), secrets=(), name_table=table)
@@ -231,7 +233,8 @@ class ControlPlane:
                       if not (r.kind == "Pod" and (r.metadata.namespace, r.metadata.name) in pods)]
         snapshot = Snapshot.of([*from_store, *pods.values()])
         self._last_error = ""
-        return MeshConfig(snapshot, build_registry(snapshot), store_version)
+        registry = build_registry(snapshot)
+        return MeshConfig(snapshot, registry, store_version, name_table(registry))
 
     def status(self) -> ControlStatus:
         config = self._config

@@ -14,6 +14,7 @@ the compiler emits (see :mod:`weir.control.envoy_shapes`). Pure: no I/O, nothing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -105,16 +106,48 @@ def to_any(type_url: str, resource: Mapping[str, Any]) -> Any:
     return packed
 
 
-def pack_all(type_url: str, resources: Iterable[Mapping[str, Any]]) -> tuple[Packed, ...]:
-    return tuple(Packed(str(r["name"]), to_any(type_url, r)) for r in resources)
+class PackCache:
+    """Packed resources by (type, canonical JSON), shared by every proxy of one config version.
+
+    Most of what proxies get is identical (every sidecar has the same outbound clusters and
+    listeners): converting each distinct resource once, and letting the streams share the
+    message, is what keeps a push from costing proxies x resources conversions and copies.
+    Start a new cache for each config version (nothing is ever evicted)."""
+
+    def __init__(self) -> None:
+        self._packed: dict[tuple[str, str], Packed] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def get(self, type_url: str, resource: Mapping[str, Any], name: str | None = None) -> Packed:
+        """``resource`` packed (``name``: its resource name when it has no ``name`` field)."""
+        key = (type_url, json.dumps(resource, sort_keys=True, separators=(",", ":")))
+        found = self._packed.get(key)
+        if found is None:
+            label = str(resource["name"]) if name is None else name
+            found = self._packed[key] = Packed(label, to_any(type_url, resource))
+        else:
+            self.hits += 1
+        return found
 
 
-def pack(resources: EnvoyResources) -> dict[str, tuple[Packed, ...]]:
+def pack_all(type_url: str, resources: Iterable[Mapping[str, Any]], cache: PackCache | None = None,
+             ) -> tuple[Packed, ...]:
+    if cache is None:
+        return tuple(Packed(str(r["name"]), to_any(type_url, r)) for r in resources)
+    return tuple(cache.get(type_url, r) for r in resources)
+
+
+def pack(resources: EnvoyResources, cache: PackCache | None = None) -> dict[str, tuple[Packed, ...]]:
     """Every resource of ``resources`` by type URL (CDS, LDS, RDS, and NDS when ``name_table`` is set),
-    packed; raises :class:`ConversionError`."""
-    packed = {CLUSTER: pack_all(CLUSTER, resources.clusters),
-              LISTENER: pack_all(LISTENER, resources.listeners),
-              ROUTE: pack_all(ROUTE, resources.routes)}
+    packed (through ``cache`` when given); raises :class:`ConversionError`."""
+    packed = {CLUSTER: pack_all(CLUSTER, resources.clusters, cache),
+              LISTENER: pack_all(LISTENER, resources.listeners, cache),
+              ROUTE: pack_all(ROUTE, resources.routes, cache)}
     if resources.name_table is not None:
-        packed[NAME_TABLE] = (Packed(NAME_TABLE_RESOURCE, to_any(NAME_TABLE, resources.name_table)),)
+        table = resources.name_table
+        packed[NAME_TABLE] = (cache.get(NAME_TABLE, table, NAME_TABLE_RESOURCE) if cache is not None
+                              else Packed(NAME_TABLE_RESOURCE, to_any(NAME_TABLE, table)),)
     return packed
