@@ -395,3 +395,19 @@ def test_envoy_rejects_a_route_to_a_missing_cluster(tmp_path: Path, pem_files: d
                          capture_output=True, text=True, timeout=60)
     assert run.returncode != 0
     assert "unknown cluster 'outbound|9080|v2|reviews.default.svc.cluster.local'" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+def test_the_outbound_cache_changes_nothing_and_is_shared_per_namespace(scenario: Scenario) -> None:
+    snapshot, registry = build(scenario)
+    cache: dict[str, Any] = {}
+    other = ProxyInfo(namespace=scenario.proxy.namespace, name="other-0", ip="10.244.9.9", labels={"app": "other"})
+    elsewhere = ProxyInfo(namespace="elsewhere", name="x-0", ip="10.244.9.10")
+    for proxy in (scenario.proxy, other, elsewhere, scenario.proxy):
+        cached = compile_proxy(snapshot, registry, proxy, Options(), cache)
+        plain = compile_proxy(snapshot, registry, proxy, Options())
+        assert json.dumps(cached.to_json(), sort_keys=True) == json.dumps(plain.to_json(), sort_keys=True)
+    assert set(cache) == {scenario.proxy.namespace, "elsewhere"}
+    first = compile_proxy(snapshot, registry, scenario.proxy, Options(), cache)
+    second = compile_proxy(snapshot, registry, other, Options(), cache)
+    assert first.listeners[0] is second.listeners[0]  # the same dicts: packed once by the ADS server

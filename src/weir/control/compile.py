@@ -92,14 +92,36 @@ class EnvoyResources:
                 "secrets": list(self.secrets)}
 
 
+@dataclass(frozen=True)
+class _Outbound:
+    listeners: tuple[JSON, ...]
+    clusters: tuple[JSON, ...]
+    routes: tuple[JSON, ...]
+    uses_tls: bool
+
+
+OutboundCache = dict[str, _Outbound]
+"""The outbound half of a proxy's config, by namespace: it depends on nothing else of the proxy
+(DestinationRules are chosen by the proxy's namespace first). One cache per config version
+lets every proxy of a namespace share it; the dicts are shared, so do not change them."""
+
+
 def compile_proxy(snapshot: Snapshot, registry: Registry, proxy: ProxyInfo,
-                  options: Options = Options()) -> EnvoyResources:
-    """Everything ``proxy`` needs. Deterministic: the same inputs give byte-identical JSON."""
+                  options: Options = Options(), outbound_cache: OutboundCache | None = None) -> EnvoyResources:
+    """Everything ``proxy`` needs. Deterministic: the same inputs give byte-identical JSON.
+    ``outbound_cache`` (for one snapshot and ``options``) reuses the outbound half per namespace."""
     c = _Compiler(snapshot, registry, proxy, options)
-    listeners = [c.virtual_outbound(), *c.outbound_listeners(), c.virtual_inbound()]
-    clusters = [*c.outbound_clusters(), *c.inbound_clusters(), *c.fixed_clusters()]
+    outbound = outbound_cache.get(proxy.namespace) if outbound_cache is not None else None
+    if outbound is None:
+        outbound = _Outbound(listeners=(c.virtual_outbound(), *c.outbound_listeners()),
+                             clusters=tuple(c.outbound_clusters()), routes=tuple(c.routes), uses_tls=c.uses_tls)
+        if outbound_cache is not None:
+            outbound_cache[proxy.namespace] = outbound
+    c.uses_tls = outbound.uses_tls
+    listeners = [*outbound.listeners, c.virtual_inbound()]
+    clusters = [*outbound.clusters, *c.inbound_clusters(), *c.fixed_clusters()]
     return EnvoyResources(listeners=tuple(listeners), clusters=tuple(sorted(clusters, key=lambda x: x["name"])),
-                          routes=tuple(c.routes), secrets=(es.SECRET_ROOT, es.SECRET_CERT) if c.uses_tls else ())
+                          routes=outbound.routes, secrets=(es.SECRET_ROOT, es.SECRET_CERT) if c.uses_tls else ())
 
 
 @dataclass(frozen=True)

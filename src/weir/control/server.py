@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio  # noqa: TID251 - this is the control plane's driver (watcher task, ADS server)
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -35,7 +35,7 @@ from weir.api.pod_parse import parse_pod
 from weir.control.ads import AdsServer, NodeInfo, ProxyStatus
 from weir.control.casvc import DEFAULT_PORT as CA_PORT
 from weir.control.casvc import CaServer, CaService
-from weir.control.compile import EnvoyResources, Options, ProxyInfo, compile_proxy
+from weir.control.compile import EnvoyResources, Options, OutboundCache, ProxyInfo, compile_proxy
 from weir.control.nds import name_table
 from weir.control.registry import Registry, Snapshot, build_registry
 from weir.control.store import ConfigStore
@@ -64,6 +64,8 @@ class MeshConfig:
     store_version: int
     name_table: dict[str, Any]
     """The DNS name table (the same for every proxy), built once per version."""
+    outbound: OutboundCache = field(default_factory=dict, compare=False)
+    """Each namespace's outbound config, compiled once per version (see ``compile_proxy``)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class ControlPlane:
             if pod is not None:
                 info = replace(info, labels=MappingProxyType(dict(pod.metadata.labels)),
                                service_account=pod.spec.service_account_name)
-        resources = compile_proxy(config.snapshot, config.registry, info, self.options)
+        resources = compile_proxy(config.snapshot, config.registry, info, self.options, config.outbound)
         return replace(resources, name_table=table)
 
     # --- lifecycle ------------------------------------------------------------------------

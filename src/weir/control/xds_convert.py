@@ -116,6 +116,8 @@ class PackCache:
 
     def __init__(self) -> None:
         self._packed: dict[tuple[str, str], Packed] = {}
+        self._by_id: dict[int, tuple[Mapping[str, Any], Packed]] = {}
+        """The same dict object again (shared by the compiler): no need to serialize it to find it."""
         self.hits = 0
 
     def __len__(self) -> int:
@@ -123,6 +125,10 @@ class PackCache:
 
     def get(self, type_url: str, resource: Mapping[str, Any], name: str | None = None) -> Packed:
         """``resource`` packed (``name``: its resource name when it has no ``name`` field)."""
+        same = self._by_id.get(id(resource))
+        if same is not None and same[0] is resource and same[1].resource.type_url == type_url:
+            self.hits += 1
+            return same[1]
         key = (type_url, json.dumps(resource, sort_keys=True, separators=(",", ":")))
         found = self._packed.get(key)
         if found is None:
@@ -130,6 +136,7 @@ class PackCache:
             found = self._packed[key] = Packed(label, to_any(type_url, resource))
         else:
             self.hits += 1
+        self._by_id[id(resource)] = (resource, found)  # keeps the dict alive, so its id stays its own
         return found
 
 
