@@ -59,10 +59,11 @@ CHANNEL_OPTIONS = [
 ]
 CONNECT_TIMEOUT = 60.0
 BACKOFF_BASE, BACKOFF_MAX = 0.5, 30.0
-RETRIED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
-"""Stream failures a proxy retries. gRPC's C-core server cancels a call that the application has
-not picked up within 30 s (``grpc.server_max_unrequested_time_in_server``): an ADS server whose
-event loop is busy compiling sees that when many proxies connect at once."""
+RETRIED = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+"""Stream failures a proxy retries (Envoy retries any). gRPC's C-core server cancels a call that the
+application has not picked up within 30 s (``grpc.server_max_unrequested_time_in_server``): an ADS
+server whose event loop is busy compiling sees that when many proxies connect at once; a client
+process with 500 streams sometimes fails a send with INTERNAL ("execute_batch") under that load."""
 
 
 def route_names(response: Any) -> frozenset[str]:
