@@ -40,7 +40,7 @@ from lab import (
     run_at_ref,
     stop_on_sigterm,
 )
-from report import boxplots, ratio, summary, table, write_json
+from report import boxplots, outputs, ratio, run_main, summary, table, write_json
 
 BRIDGE = os.path.join(CNI_DIR, "bridge")
 INTERPRETER = "/usr/bin/python3"
@@ -360,13 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out, res)
     print()
     print_table(res)
-    print(f"\nresults: {out}" + (f"\nchart:   {png}" if res["chart"] else "\nchart:   (matplotlib not installed)"))
+    print(outputs(out, png if res["chart"] else None))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("cni_add: interrupted; the lab was removed", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, "cni_add", "the lab was removed")

@@ -50,7 +50,7 @@ from control_scale_procs import Clients, ControlProcess, Sampler, Synced, memory
 from control_scale_profile import profile, py_spy_record
 from control_scale_report import ISTIOD, build_results, chart, print_table
 from lab import COMMIT_ENV, machine, run_at_ref, stop_on_sigterm
-from report import write_json
+from report import outputs, run_main, write_json
 
 from weir.api.load import load_documents
 from weir.control.store import ConfigStore
@@ -236,13 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(out, res)
     print()
     print_table(res)
-    print(f"\nresults: {out}" + (f"\nchart:   {png}" if res["chart"] else "\nchart:   (matplotlib not installed)"))
+    print(outputs(out, png if res["chart"] else None))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("control_scale: interrupted; every process it started was stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, "control_scale", "every process it started was stopped")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from report import percentile, ratio, table
+from report import percentile, ratio, save_figure, table
 
 ISTIOD_SERVICES, ISTIOD_SIDECARS, ISTIOD_VCPU, ISTIOD_MEMORY = 1000, 2000, 1.0, 1.5e9
 ISTIOD: dict[str, Any] = {
@@ -197,9 +197,5 @@ def chart(path: Path, res: dict[str, Any], title: str) -> bool:
     c2.legend(loc="lower right", fontsize=8)
     c.legend(loc="upper left", fontsize=8)
     c.set_title(f"{last['services']}:{last['proxies']}: CPU and memory over the run", fontsize=10)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title)
     return True

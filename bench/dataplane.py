@@ -48,7 +48,7 @@ from dataplane_load import (
 )
 from dataplane_mesh import PAYLOAD_BYTES, WORKERS, Lab, Route
 from lab import COMMIT_ENV, machine, run_at_ref, stop_on_sigterm
-from report import percentile, ratio, table, write_json
+from report import outputs, percentile, ratio, run_main, save_figure, table, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = {"h2load": "nghttp2-client", "haproxy": "haproxy", "nginx": "nginx-light", "curl": "curl"}
@@ -320,11 +320,7 @@ def chart(path: Path, s: dict[str, Any], title: str) -> bool:
     axes[3].tick_params(axis="x", labelsize=8)
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, title)
     return True
 
 
@@ -420,13 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dataplane_profile import print_profile
 
         print_profile(profile)
-    print(f"\nresults: {out}" + (f"\nchart:   {png}" if res["chart"] else "\nchart:   (matplotlib not installed)"))
+    print(outputs(out, png if res["chart"] else None))
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("dataplane: interrupted; the mesh was removed", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, "dataplane", "the mesh was removed")

@@ -193,28 +193,10 @@ class Lab:
                 "--run-dir", str(self.run_dir), "--pods-dir", str(self.pods_dir),
                 # only the plugin's events are measured: no CNI install into the machine's dirs
                 "--install-cni", "false", "--listen-address", "127.0.0.1"]
-        with open(self.agent_log, "wb") as log:
-            self.agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)  # Ctrl-C reaches us; we stop it in order
-        client = AgentClient(str(self.run_dir / "pluginevent.sock"), timeout=2)
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while True:
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"the node agent exited ({self.agent.returncode}):\n{self.agent_tail()}")
-            try:
-                client.status()
-                return
-            except AgentUnavailable:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the node agent did not answer within {AGENT_START_TIMEOUT:.0f}s:\n"
-                                       f"{self.agent_tail()}") from None
-                time.sleep(0.05)
+        self.agent = start_agent(argv, self.agent_log, str(self.run_dir / "pluginevent.sock"))
 
     def agent_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.agent_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no agent log)"
+        return log_tail(self.agent_log, lines)
 
     def close(self) -> None:
         if self.agent is not None and self.agent.poll() is None:
@@ -343,3 +325,32 @@ def machine() -> dict[str, Any]:
         "cni_plugins": _first_line(["dpkg-query", "-W", "-f", "${Version}", "containernetworking-plugins"]),
         "iptables": _first_line(["iptables", "--version"]),
     }
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no agent log)"
+
+
+def start_agent(argv: list[str], log_path: Path, socket_path: str) -> subprocess.Popen[bytes]:
+    """Start the node agent (``argv``, in its own session: Ctrl-C reaches the benchmark, which stops
+    it in order) and wait until its plugin socket answers STATUS; raises with the agent's log."""
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    client = AgentClient(socket_path, timeout=2)
+    deadline = time.monotonic() + AGENT_START_TIMEOUT
+    while True:
+        if agent.poll() is not None:
+            raise RuntimeError(f"the node agent exited ({agent.returncode}):\n{log_tail(log_path)}")
+        try:
+            client.status()
+            return agent
+        except AgentUnavailable:
+            if time.monotonic() > deadline:
+                agent.terminate()
+                raise RuntimeError(f"the node agent did not answer within {AGENT_START_TIMEOUT:.0f}s:\n"
+                                   f"{log_tail(log_path)}") from None
+            time.sleep(0.05)

@@ -42,7 +42,7 @@ from pod_start_lab import (
     ref_env,
 )
 from pod_start_profile import profile
-from report import boxplots, ratio, summary, table, write_json
+from report import boxplots, outputs, ratio, run_main, summary, table, write_json
 
 from weir.capture.apply import Executor
 from weir.capture.pod import spec_from_pod
@@ -296,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if prof:
         print()
         print(prof["text"])
-    print(f"\nresults: {out}" + (f"\nchart:   {png}" if res["chart"] else "\nchart:   (matplotlib not installed)"))
+    print(outputs(out, png if res["chart"] else None))
     return 0
 
 
@@ -316,8 +316,4 @@ def chart(path: Path, samples: list[Sample], title: str) -> bool:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("pod_start: interrupted; the lab was removed", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, "pod_start", "the lab was removed")

@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from lab import log_tail, start_agent
 
 from weir import netns
-from weir.cni.events import AgentClient, AgentUnavailable
 from weir.netns import NetNS
 from weir.platform.local import PodRecord
 from weir.runtime.cni import Exec, Network
@@ -56,7 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "pods" / "injected.yaml"
 NAMESPACE = "bench"
 NETNS_DIR = "/var/run/netns"
-AGENT_START_TIMEOUT = 30.0
 METRICS_PORT = 15014
 HEALTH_PORT = 8000
 STATUS_ANNOTATION = "sidecar.istio.io/status"
@@ -216,28 +215,10 @@ class PodLab:
         argv = ["ip", "netns", "exec", self.node_name, sys.executable, "-m", "weir", "node-agent", "run",
                 "--node-root", node.root, "--install-cni", "false", "--listen-address", "127.0.0.1",
                 "--monitoring-port", str(METRICS_PORT), "--readiness-port", str(HEALTH_PORT), "--log-format", "json"]
-        with open(self.agent_log, "wb") as log:
-            self.agent = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
-        client = AgentClient(os.path.join(node.run_dir, "pluginevent.sock"), timeout=2)
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
-        while True:
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"the node agent exited ({self.agent.returncode}):\n{self.agent_tail()}")
-            try:
-                client.status()
-                return
-            except AgentUnavailable:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the node agent did not answer within {AGENT_START_TIMEOUT:.0f}s:\n"
-                                       f"{self.agent_tail()}") from None
-                time.sleep(0.05)
+        self.agent = start_agent(argv, Path(self.agent_log), os.path.join(node.run_dir, "pluginevent.sock"))
 
     def agent_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.agent_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no agent log)"
+        return log_tail(Path(self.agent_log), lines)
 
     def agent_metrics(self) -> str:
         """The agent's Prometheus text, fetched inside the node namespace."""

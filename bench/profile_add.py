@@ -46,7 +46,7 @@ from lab import (
     run_at_ref,
     stop_on_sigterm,
 )
-from report import summary, table, write_json
+from report import run_main, summary, table, write_json
 
 from weir import netns
 from weir.capture.apply import Backend, Executor, canonical_in_scratch
@@ -295,8 +295,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        print("profile_add: interrupted; the lab was removed", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_main(main, "profile_add", "the lab was removed")

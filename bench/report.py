@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +66,30 @@ def boxplots(path: Path, title: str, panels: Sequence[tuple[str, Mapping[str, Se
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    save_figure(fig, path, title)
+    return True
+
+
+def save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title, lay out, write ``path`` (PNG) and free the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+
+
+def outputs(out: Path, png: Path | None) -> str:
+    """The closing lines of a run: where its JSON and chart went."""
+    return f"\nresults: {out}" + (f"\nchart:   {png}" if png else "\nchart:   (matplotlib not installed)")
+
+
+def run_main(main: Callable[[], int], name: str, cleaned: str) -> None:
+    """``raise SystemExit(main())``; Ctrl-C exits 130 saying what was cleaned up."""
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; {cleaned}", file=sys.stderr)
+        raise SystemExit(130) from None
