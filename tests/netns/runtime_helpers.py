@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from weir.install.embedded import alive
 from weir.netns import NetNS
 from weir.nodeagent.server import PluginEventServer
 from weir.nodeagent.service import CaptureService, Settings
@@ -96,13 +97,6 @@ def shim_pids(db: str) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 # ---- manifests --------------------------------------------------------------------------------
