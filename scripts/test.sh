@@ -22,7 +22,7 @@ fi
 # The benchmarks at their quick size: they must keep working; no time is asserted.
 if [ "$rc" -eq 0 ] && [ $# -eq 0 ]; then
   echo "== bench (quick)"
-  bash bench/run_all.sh || rc=$?
+  bash bench/run_all.sh --quick || rc=$?
 fi
 
 # The host's own netns must be untouched and no test namespace may be left behind.
