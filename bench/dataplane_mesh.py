@@ -43,7 +43,7 @@ import yaml
 from dataplane_load import Proc
 from lab import sh
 
-from weir.install.embedded import http_get
+from weir.install.procs import http_get
 from weir.netns import NetNS, run_in
 from weir.runtime.node import load_node
 from weir.runtime.pods import Runtime

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from weir.install.embedded import State, http_get, in_node, read_state
+from weir.install.embedded import State, read_state
+from weir.install.procs import http_get, in_node
 from weir.netns import NetNS, run_in
 from weir.runtime.node import NodeConfig, load_node
 from weir.runtime.pods import Runtime

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from tests.netns.runtime_helpers import wait_for
-from weir.install.embedded import http_get, in_node, restart, stop
+from weir.install.embedded import restart, stop
+from weir.install.procs import http_get, in_node
 from weir.install.report import capabilities
 
 from .conftest import Mesh

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from weir.install.embedded import alive
+from weir.install.procs import alive
 from weir.netns import NetNS
 from weir.nodeagent.server import PluginEventServer
 from weir.nodeagent.service import CaptureService, Settings

@@ -26,7 +26,8 @@ from weir.api.errors import ManifestError
 from weir.api.load import load_files
 from weir.cli._common import Parser, UsageError, _StrictLoader
 from weir.install import report as mesh_report
-from weir.install.embedded import UpConfig, UpError, alive, down, http_get, in_node, node_of, read_state, syncz, up
+from weir.install.embedded import UpConfig, UpError, down, node_of, read_state, syncz, up
+from weir.install.procs import ProcError, alive, http_get, in_node
 from weir.runtime.node import NodeConfig, NodeError
 from weir.runtime.node import validate as validate_node
 from weir.runtime.pods import Runtime
@@ -112,7 +113,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _say(f"weir up: {len(resources)} objects from {', '.join(paths)}")
     try:
         state = up(config, resources, _say)
-    except UpError as exc:
+    except (UpError, ProcError) as exc:
         print(f"weir up: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a pod that cannot start, a CNI failure: named by the runtime

@@ -31,12 +31,8 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +42,17 @@ from weir.api.load import Resource
 from weir.control.ca import CacertsError, CertificateAuthority
 from weir.control.inject import InjectError, InjectResult, InjectValues, MeshInfo, inject
 from weir.control.store import ConfigStore, StoreError
-from weir.netns import NetNS, run_in
+from weir.install.procs import (
+    ProcError,
+    http_get,
+    in_node,
+    ip,
+    read_sysctl,
+    start_daemon,
+    stop_pid,
+    wait_until,
+    write_sysctl,
+)
 from weir.pki import tokens
 from weir.runtime.node import NodeConfig, NodeError, init_node, load_node
 from weir.runtime.pods import PodError, Runtime
@@ -152,86 +158,6 @@ class State:
 # --- small drivers -------------------------------------------------------------------------
 
 
-def in_node(state: State | NodeConfig, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in the node's network namespace (the host's when it has none)."""
-    return run_in(NetNS(state.node_netns), fn) if state.node_netns else fn()
-
-
-_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, str] | None:
-    """(status, body), or None when nothing answers. Call it where the address is reachable."""
-    try:
-        with _HTTP.open(url, timeout=timeout) as response:
-            return int(response.status), response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _start_daemon(argv: Sequence[str], log_path: str, netns: str) -> int:
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-    return proc.pid
-
-
-def _stop(pid: int, grace: float = 15.0) -> None:
-    if not alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, pid: int | None = None, log: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if pid is not None and not alive(pid):
-            raise UpError(f"{what}: the process exited" + (f"; the end of {log}:\n{_tail(log)}" if log else ""))
-        if time.monotonic() > deadline:
-            raise UpError(f"{what}: not ready after {timeout:g}s" + (f"; the end of {log}:\n{_tail(log)}"
-                                                                      if log else ""))
-        time.sleep(0.2)
-
-
-def _ip(state: State | NodeConfig, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    prefix = ["nsenter", f"--net={state.node_netns}", "--"] if state.node_netns else []
-    out = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=False)
-    if check and out.returncode != 0:
-        raise UpError(f"ip {' '.join(args)}: {out.stderr.strip()}")
-    return out
-
-
 # --- up ------------------------------------------------------------------------------------
 
 
@@ -253,16 +179,6 @@ class Plan:
         if twice:
             raise UpError(f"pod {twice[0]} is defined more than once")
         return cls(config, pods, labels)
-
-
-def _read_sysctl(key: str) -> str:
-    with open(f"/proc/sys/{key}") as f:
-        return f.read().strip()
-
-
-def _write_sysctl(key: str, value: str) -> None:
-    with open(f"/proc/sys/{key}", "w") as f:
-        f.write(value)
 
 
 def _missing_dirs(root: str) -> list[str]:
@@ -307,7 +223,7 @@ def up(config: UpConfig, resources: Sequence[Resource], progress: Progress) -> S
     state = State(root=config.root, node_netns=config.node_netns, gateway=str(network[1]), bridge=config.bridge,
                   trust_domain=config.trust_domain, workload_cert_ttl=config.workload_cert_ttl)
     state.created_dirs = _missing_dirs(config.root)
-    state.sysctls = {key: in_node(state, functools.partial(_read_sysctl, key)) for key in _SYSCTLS}
+    state.sysctls = {key: in_node(state, functools.partial(read_sysctl, key)) for key in _SYSCTLS}
     state.save()
     try:
         node = _node(config, state, progress)
@@ -323,8 +239,8 @@ def up(config: UpConfig, resources: Sequence[Resource], progress: Progress) -> S
             progress("weir up failed; the mesh is kept for inspection (`weir status`, `weir pod logs`); "
                      "`weir down` removes it")
         else:
-            progress(f"weir up failed ({exc if isinstance(exc, UpError | PodError) else type(exc).__name__}); "
-                     "removing what it made")
+            known = isinstance(exc, UpError | PodError | ProcError)
+            progress(f"weir up failed ({exc if known else type(exc).__name__}); removing what it made")
             with contextlib.suppress(Exception):
                 down(config.root, lambda _: None)
         raise
@@ -356,13 +272,13 @@ def _node(config: UpConfig, state: State, progress: Progress) -> NodeConfig:
         init_node(node)
     except NodeError as exc:
         raise UpError(str(exc)) from None
-    if _ip(node, "link", "show", config.bridge, check=False).returncode != 0:
-        _ip(node, "link", "add", config.bridge, "type", "bridge")
+    if ip(node, "link", "show", config.bridge, check=False).returncode != 0:
+        ip(node, "link", "add", config.bridge, "type", "bridge")
         state.bridge_created = True
         state.save()
     prefix = ipaddress.ip_network(config.subnet, strict=False).prefixlen
-    _ip(node, "addr", "replace", f"{state.gateway}/{prefix}", "dev", config.bridge)
-    _ip(node, "link", "set", config.bridge, "up")
+    ip(node, "addr", "replace", f"{state.gateway}/{prefix}", "dev", config.bridge)
+    ip(node, "link", "set", config.bridge, "up")
     return node
 
 
@@ -377,7 +293,7 @@ def _node_agent(config: UpConfig, state: State, node: NodeConfig, progress: Prog
     pid, log = start(state, "node-agent", argv)
     progress(f"node agent: started (pid {pid}), installing weir-cni")
     url = f"http://127.0.0.1:{AGENT_READY_PORT}/readyz"
-    _wait("node agent", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, config.timeout,
+    wait_until("node agent", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, config.timeout,
           pid, log)
     progress("node agent: ready (weir-cni installed and serving)")
 
@@ -397,7 +313,7 @@ def _control_plane(config: UpConfig, state: State, node: NodeConfig, progress: P
 def start(state: State, name: str, argv: list[str]) -> tuple[int, str]:
     """Start the daemon ``name`` (in the node's namespace) and record it; returns (pid, log path)."""
     log = os.path.join(state.root, "var", "log", "weir", f"{name}.log")
-    pid = _start_daemon(argv, log, state.node_netns)
+    pid = start_daemon(argv, log, state.node_netns)
     state.processes[name] = pid
     state.commands[name] = list(argv)
     state.save()
@@ -406,7 +322,7 @@ def start(state: State, name: str, argv: list[str]) -> tuple[int, str]:
 
 def wait_control(state: State, timeout: float) -> None:
     url = f"{state.debug_url}/ready"
-    _wait("control plane", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, timeout,
+    wait_until("control plane", lambda: (in_node(state, lambda: http_get(url)) or (0, ""))[0] == 200, timeout,
           state.processes.get("control"), os.path.join(state.root, "var", "log", "weir", "control.log"))
 
 
@@ -414,7 +330,7 @@ def stop(state: State, name: str) -> None:
     """Stop the daemon ``name`` (SIGTERM, then SIGKILL after a grace period)."""
     pid = state.processes.get(name)
     if pid:
-        _stop(pid)
+        stop_pid(pid)
 
 
 def restart(state: State, name: str, timeout: float = 60.0) -> int:
@@ -567,14 +483,14 @@ def down(root: str, progress: Progress) -> bool:
         for name in ("control", "node-agent"):
             pid = state.processes.get(name)
             if pid:
-                _stop(pid)
+                stop_pid(pid)
                 progress(f"{name}: stopped (pid {pid})")
         if state.bridge_created and state.bridge:
-            _ip(state, "link", "del", state.bridge, check=False)
+            ip(state, "link", "del", state.bridge, check=False)
             progress(f"bridge {state.bridge}: deleted")
         for key, value in state.sysctls.items():
-            if in_node(state, functools.partial(_read_sysctl, key)) != value:
-                in_node(state, functools.partial(_write_sysctl, key, value))
+            if in_node(state, functools.partial(read_sysctl, key)) != value:
+                in_node(state, functools.partial(write_sysctl, key, value))
                 progress(f"{key.replace('/', '.')}: back to {value}")
         for directory in state.created_dirs:
             shutil.rmtree(os.path.join(root, directory), ignore_errors=True)

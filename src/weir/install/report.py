@@ -24,7 +24,8 @@ from collections.abc import Callable
 from subprocess import TimeoutExpired  # noqa: TID251 (what runtime.exec raises on its timeout; nothing runs here)
 from typing import Any
 
-from weir.install.embedded import State, http_get, in_node
+from weir.install.embedded import State
+from weir.install.procs import http_get, in_node
 from weir.netns import NetNS, run_in
 from weir.runtime.node import NodeConfig
 from weir.runtime.pods import PodError, Runtime
