@@ -55,6 +55,7 @@ def alive(pid: int) -> bool:
 
 
 def tail(path: str, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log ("" when it cannot be read)."""
     try:
         with open(path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])
@@ -63,6 +64,8 @@ def tail(path: str, lines: int = 15) -> str:
 
 
 def start_daemon(argv: Sequence[str], log_path: str, netns: str) -> int:
+    """Start ``argv`` detached (its own session, output appended to ``log_path``), in ``netns`` when
+    given; returns its pid."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     prefix = ["nsenter", f"--net={netns}", "--"] if netns else []
     with open(log_path, "ab") as log:
@@ -72,6 +75,7 @@ def start_daemon(argv: Sequence[str], log_path: str, netns: str) -> int:
 
 
 def stop_pid(pid: int, grace: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; reaps it when it is our child."""
     if not alive(pid):
         return
     with contextlib.suppress(ProcessLookupError):
@@ -82,11 +86,16 @@ def stop_pid(pid: int, grace: float = 15.0) -> None:
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while alive(pid) and time.monotonic() < deadline:  # SIGKILL takes effect soon, not at once
+            time.sleep(0.01)
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, pid: int | None = None, log: str = "") -> None:
+    """Poll ``check`` until it holds; ProcError naming ``what`` (with the end of ``log``) when the
+    process ``pid`` exits first or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while not check():
         if pid is not None and not alive(pid):
@@ -98,6 +107,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, pid: int | 
 
 
 def ip(state: InNode, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``ip ARGS`` in the node's namespace; ProcError with ip's message when it fails (``check``)."""
     prefix = ["nsenter", f"--net={state.node_netns}", "--"] if state.node_netns else []
     out = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=False)
     if check and out.returncode != 0:
