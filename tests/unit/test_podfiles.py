@@ -6,12 +6,13 @@ import os
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from weir.api.pod import Pod, parse_pod
 from weir.pki import tokens
-from weir.runtime import podfiles
+from weir.runtime import podfiles, shim
 from weir.runtime.node import NodeConfig
 
 UID = "0f6c1a52-pod-uid"
@@ -121,3 +122,37 @@ def test_remove_takes_the_directory_and_is_idempotent(node: NodeConfig) -> None:
     assert os.path.isdir(other)
     podfiles.remove(node, UID)
     assert not os.path.exists(directory)
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str, str]] = []
+
+    def event(self, uid: str, kind: str, reason: str, message: str) -> None:
+        self.seen.append((uid, kind, reason, message))
+
+
+def test_the_shim_rewrites_an_old_token_once_a_minute_at_most(node: NodeConfig,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pod = a_pod()
+    podfiles.create(node, pod, UID)
+    old = time.time() - podfiles.TOKEN_TTL * 0.9  # past 80% of its life
+    os.utime(token_path(node), (old, old))
+    clock = [1000.0]
+    monkeypatch.setattr(shim.time, "monotonic", lambda: clock[0])
+    events = _Events()
+    fake = SimpleNamespace(node=node, pod=pod, uid=UID, store=events, _token_checked=clock[0])
+    shim.Shim.refresh_token(fake)  # type: ignore[arg-type]
+    assert events.seen == []  # not a minute yet
+    clock[0] += shim.TOKEN_CHECK_INTERVAL
+    shim.Shim.refresh_token(fake)  # type: ignore[arg-type]
+    assert [e[2] for e in events.seen] == ["TokenRefreshed"]
+    assert token_path(node).stat().st_mtime > old + 60
+    clock[0] += shim.TOKEN_CHECK_INTERVAL
+    shim.Shim.refresh_token(fake)  # type: ignore[arg-type]
+    assert len(events.seen) == 1  # fresh now: left alone
+    fake.node = NodeConfig(root=node.root, token_key=str(Path(node.root) / "missing.key"))
+    os.utime(token_path(node), (old, old))
+    clock[0] += shim.TOKEN_CHECK_INTERVAL
+    shim.Shim.refresh_token(fake)  # type: ignore[arg-type]
+    assert events.seen[-1][2] == "TokenRefreshFailed"

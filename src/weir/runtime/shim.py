@@ -38,7 +38,6 @@ from weir.api.pod import Container, Pod, parse_pod
 from weir.api.pod_model import ProbeKind
 from weir.netns import NetNS, enter_this_process
 from weir.platform.local import PodStore
-from weir.runtime import podfiles
 from weir.runtime import status as st
 from weir.runtime.env import container_argv, container_env
 from weir.runtime.node import NodeConfig, load_node
@@ -361,6 +360,9 @@ class Shim:
         if self.node is None or now < self._token_checked + TOKEN_CHECK_INTERVAL:
             return
         self._token_checked = now
+        # imported on first use: token signing pulls in weir.pki (cryptography), a third of the
+        # shim's start-up, which every pod waits for; the first check is a minute in
+        from weir.runtime import podfiles
         try:
             if podfiles.refresh_token(self.node, self.pod, self.uid):
                 self.store.event(self.uid, "Normal", "TokenRefreshed", "service-account token rewritten")
