@@ -213,7 +213,9 @@ def test_weir_up_refuses_a_second_mesh_and_bad_manifests_without_touching_anythi
 
 def test_no_application_process_holds_net_admin_or_net_raw(mesh: Mesh) -> None:
     for record in mesh.runtime.pods():
-        for proc in capabilities(record.netns, record.shim_pid):
+        processes = capabilities(record.netns, record.shim_pid)
+        assert processes, f"no container process found in {record.name}'s namespace"
+        for proc in processes:
             assert not proc["net_admin"], (record.name, proc)
             assert not proc["net_raw"], (record.name, proc)
         manifest = json.dumps(record.manifest)

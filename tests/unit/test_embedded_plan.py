@@ -123,7 +123,7 @@ def test_state_round_trip(tmp_path: Path) -> None:
     state = State(root=str(tmp_path), node_netns="/run/netns/node-1", gateway="10.213.0.1", bridge="weir0",
                   bridge_created=True, processes={"control": 4242, "node-agent": 4243},
                   commands={"control": ["python", "-m", "weir", "control", "run"]}, trust_domain="example.org",
-                  workload_cert_ttl="1h", created_dirs=["etc", "var"], pods=["demo/web"], phase="up")
+                  workload_cert_ttl="1h", created_dirs=["etc", "var"], sysctls={"net/ipv4/ip_forward": "0"}, phase="up")
     state.save()
     assert state.path == str(tmp_path / STATE_FILE)
     assert os.listdir(os.path.dirname(state.path)) == ["up.json"]  # no scratch file left

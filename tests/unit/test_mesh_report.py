@@ -203,3 +203,9 @@ def test_render_mentions_each_check_and_each_sidecar() -> None:
             "out 0 requests + 0 connections") in text
     assert "sidecar demo/client: in 0 requests" in text
     assert text.index("demo/backend-v1") < text.index("sidecar demo/client")
+
+
+def test_no_process_found_is_not_evidence_of_no_capabilities() -> None:
+    report = good_report()
+    report["capabilities"] = {"demo/client": []}
+    assert by_name(report)["no-net-admin"]["ok"] is False

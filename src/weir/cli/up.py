@@ -123,7 +123,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.no_traffic:
         return 0
     _say("sending traffic and collecting evidence")
-    found = mesh_report.collect(state, node_of(args.root), args.trust_domain)
+    found = mesh_report.collect(state, node_of(args.root))
     print(mesh_report.render(found))
     if args.report:
         Path(args.report).write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")

@@ -31,6 +31,7 @@ from typing import Any
 
 from weir.api.errors import ManifestError
 from weir.api.load import Resource
+from weir.api.pod_model import Pod
 from weir.api.pod_parse import parse_pod
 from weir.control.ads import AdsServer, NodeInfo, ProxyStatus
 from weir.control.casvc import DEFAULT_PORT as CA_PORT
@@ -64,6 +65,8 @@ class MeshConfig:
     store_version: int
     name_table: dict[str, Any]
     """The DNS name table (the same for every proxy), built once per version."""
+    pods: Mapping[tuple[str, str], Pod] = field(default_factory=dict, compare=False)
+    """The snapshot's pods by (namespace, name), for proxies that do not send their labels."""
     outbound: OutboundCache = field(default_factory=dict, compare=False)
     """Each namespace's outbound config, compiled once per version (see ``compile_proxy``)."""
 
@@ -140,8 +143,7 @@ class ControlPlane:
             return EnvoyResources(listeners=(), clusters=(), routes=(), secrets=(), name_table=table)
         info = proxy_info(node.metadata)
         if not info.labels:  # an agent that sent no labels: the pod's own, from the runtime or the store
-            pod = next((p for p in config.snapshot.pods
-                        if (p.metadata.namespace, p.metadata.name) == (info.namespace, info.name)), None)
+            pod = config.pods.get((info.namespace, info.name))
             if pod is not None:
                 info = replace(info, labels=MappingProxyType(dict(pod.metadata.labels)),
                                service_account=pod.spec.service_account_name)
@@ -236,7 +238,8 @@ class ControlPlane:
         snapshot = Snapshot.of([*from_store, *pods.values()])
         self._last_error = ""
         registry = build_registry(snapshot)
-        return MeshConfig(snapshot, registry, store_version, name_table(registry))
+        return MeshConfig(snapshot, registry, store_version, name_table(registry),
+                          pods={(p.metadata.namespace, p.metadata.name): p for p in snapshot.pods})
 
     def status(self) -> ControlStatus:
         config = self._config

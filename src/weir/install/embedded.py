@@ -109,7 +109,6 @@ class State:
     trust_domain: str = "cluster.local"
     workload_cert_ttl: str = ""
     created_dirs: list[str] = field(default_factory=list)
-    pods: list[str] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     """Kernel settings as they were before ``up`` (the bridge plugin turns IP forwarding on)."""
     phase: str = "starting"
@@ -396,8 +395,6 @@ def _pods(config: UpConfig, plan: Plan, state: State, node: NodeConfig, progress
         ns, name = pod.metadata.namespace, pod.metadata.name
         result = admit(state, pod.raw, plan.namespace_labels)
         record = runtime.run(result.pod, f"pod {ns}/{name}")
-        state.pods.append(f"{ns}/{name}")
-        state.save()
         ip = record.status.get("podIP", "")
         how = "sidecar injected" if result.injected else f"no sidecar: {result.reason}"
         progress(f"pod {ns}/{name}: started at {ip} ({how})")

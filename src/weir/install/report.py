@@ -119,7 +119,7 @@ def _addresses(body: Any, into: dict[str, str]) -> None:
             _addresses(value, into)
 
 
-def collect(state: State, node: NodeConfig, trust_domain: str = "cluster.local") -> dict[str, Any]:
+def collect(state: State, node: NodeConfig) -> dict[str, Any]:
     runtime = Runtime(node)
     records = runtime.pods()
     report: dict[str, Any] = {"traffic": [], "sidecars": {}, "peers": [], "dns": {}, "capabilities": {}}
@@ -206,7 +206,7 @@ def checks(report: dict[str, Any]) -> list[dict[str, Any]]:
     holders = [f"{pod}: {p['command']} (pid {p['pid']})" for pod, procs in caps.items() for p in procs
                if p["net_admin"] or p["net_raw"]]
     processes = sum(len(p) for p in caps.values())
-    claim("no-net-admin", not holders,
+    claim("no-net-admin", processes > 0 and not holders,
           f"{processes} processes in {len(caps)} pods checked; "
           + ("none holds NET_ADMIN or NET_RAW" if not holders else "holding: " + "; ".join(holders)))
     return out
