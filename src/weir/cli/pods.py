@@ -129,19 +129,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def sidecar_names(record: PodRecord) -> set[str]:
-    """The pod's native sidecars: init containers with restartPolicy Always."""
-    spec = record.manifest.get("spec") or {}
-    return {str(c.get("name")) for c in spec.get("initContainers") or []
-            if isinstance(c, dict) and c.get("restartPolicy") == "Always"}
-
-
 def display_status(record: PodRecord) -> str:
     """What ``kubectl get pods`` shows in STATUS."""
     if record.deleting:
         return "Terminating"
     inits = record.status.get("initContainerStatuses", [])
-    sidecars = sidecar_names(record)
+    sidecars = record.native_sidecars
     for i, entry in enumerate(inits):
         state = entry.get("state", {})
         if "terminated" in state and state["terminated"].get("exitCode") == 0:
@@ -175,7 +168,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     rows = [("NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "IP", "AGE")]
     for record in runtime.pods(args.namespace):
         containers = record.status.get("containerStatuses", [])
-        ready, total = ready_count(record.status, sidecar_names(record))  # native sidecars count, as in kubectl
+        ready, total = ready_count(record.status, record.native_sidecars)  # native sidecars count, as in kubectl
         restarts = sum(int(c.get("restartCount", 0)) for c in containers + record.status.get(
             "initContainerStatuses", []))
         rows.append((record.namespace, record.name, f"{ready}/{total}", display_status(record),

@@ -31,6 +31,7 @@ from weir.install.procs import ProcError, alive, http_get, in_node
 from weir.runtime.node import NodeConfig, NodeError
 from weir.runtime.node import validate as validate_node
 from weir.runtime.pods import Runtime
+from weir.runtime.status import ready_count
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mesh"
 
@@ -137,14 +138,12 @@ def status_doc(root: str) -> dict[str, Any]:
     control = in_node(state, lambda: http_get(f"{state.debug_url}/debug/status"))
     pods = []
     for record in Runtime(node).pods():
-        # kubectl's READY counts the containers and the native sidecars (restartable init containers)
-        sidecars = {c.get("name") for c in record.manifest["spec"].get("initContainers") or []
-                    if c.get("restartPolicy") == "Always"}
+        sidecars = record.native_sidecars  # kubectl's READY and RESTARTS count them with the containers
+        ready, total = ready_count(record.status, sidecars)
         statuses = [*(record.status.get("containerStatuses") or []),
                     *(c for c in record.status.get("initContainerStatuses") or [] if c.get("name") in sidecars)]
         pods.append({"namespace": record.namespace, "name": record.name, "phase": record.phase,
-                     "ip": record.status.get("podIP", ""),
-                     "ready": f"{sum(1 for c in statuses if c.get('ready'))}/{len(statuses)}",
+                     "ip": record.status.get("podIP", ""), "ready": f"{ready}/{total}",
                      "restarts": sum(int(c.get("restartCount", 0)) for c in statuses)})
     return {"phase": state.phase, "processes": {name: {"pid": pid, "alive": alive(pid)}
                                                 for name, pid in state.processes.items()},

@@ -441,7 +441,7 @@ def wait_ready(state: State, node: NodeConfig, plan: Plan, timeout: float, progr
                 raise UpError(f"pod {ns}/{name} is gone")
             if record.phase in ("Failed", "Succeeded"):
                 raise UpError(f"pod {ns}/{name} ended ({record.phase}): see `weir pod logs -n {ns} {name} -c ...`")
-            injected = any(c.get("name") == "istio-proxy" for c in record.manifest["spec"].get("initContainers", []))
+            injected = record.has_istio_proxy
             if _pod_ready(record.status) and (not injected or (ns, name) in proxies):
                 if (ns, name) not in reported:
                     reported.add((ns, name))

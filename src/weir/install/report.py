@@ -158,7 +158,7 @@ def collect(state: State, node: NodeConfig) -> dict[str, Any]:
         if not record.netns:
             continue
         report["capabilities"][key] = capabilities(record.netns, record.shim_pid)
-        injected = any(c.get("name") == "istio-proxy" for c in record.manifest["spec"].get("initContainers", []))
+        injected = record.has_istio_proxy
         if injected:
             report["sidecars"][key] = sidecar_summary(envoy_stats(record.netns))
             report["dns"]["queries"][key] = agent_dns_queries(record.netns)

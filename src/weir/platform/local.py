@@ -63,6 +63,20 @@ class PodRecord:
     deleting: bool
 
     @property
+    def native_sidecars(self) -> set[str]:
+        """The pod's native sidecars: init containers with ``restartPolicy: Always``."""
+        spec = self.manifest.get("spec") or {}
+        return {str(c.get("name")) for c in spec.get("initContainers") or []
+                if isinstance(c, dict) and c.get("restartPolicy") == "Always"}
+
+    @property
+    def has_istio_proxy(self) -> bool:
+        """Whether the pod runs Istio's sidecar (``istio-proxy``, native or not)."""
+        spec = self.manifest.get("spec") or {}
+        return any(isinstance(c, dict) and c.get("name") == "istio-proxy"
+                   for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])])
+
+    @property
     def phase(self) -> str:
         return str(self.status.get("phase", "Pending"))
 
